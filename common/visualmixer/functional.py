@@ -1,0 +1,134 @@
+"""Functional core of VisualMixer: ``obfuscate(images, ...) -> Obfuscation``.
+
+The closed loop: plan from the originals (``plan.py``), shuffle (``shuffle.py``), measure
+the VFE that was actually achieved, and re-plan the images that fell short with a target
+raised by their shortfall. The last attempt puts every region on the finest rung, and each
+image keeps the best draw it got, so the reported VFE is always the measured one: at or
+above the target, or the highest this loop could reach when the target is out of reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._checks import as_batch, check_block_sizes, check_region_size, check_target_vfe
+from .plan import gradient_importance, plan_rungs, saliency_importance
+from .shuffle import shuffle_regions
+from .vfe import image_vfe_from_stats, region_stats
+
+# Plans aim this far above the target so that most images pass the first check.
+PLAN_MARGIN = 0.02
+ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Obfuscation:
+    """What :func:`obfuscate` returns for a batch of B images with an (nh, nw) region grid."""
+
+    images: torch.Tensor  # same shape, dtype and device as the input
+    vfe: torch.Tensor  # (B,) VFE measured on the returned images
+    block_size: torch.Tensor  # (B, nh, nw) block side used in each region (= region_size: untouched)
+    met_target: torch.Tensor  # (B,) bool, vfe >= target_vfe
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator for a reproducible call, or None for fresh global randomness."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def check_region_scope(region_scope: Any, grid: tuple[int, int] | None = None) -> int:
+    if isinstance(region_scope, bool) or not isinstance(region_scope, int) or region_scope < 0:
+        raise ValueError(f"region_scope must be an int >= 0, got {region_scope!r}")
+    if grid is not None and region_scope > 1 and (grid[0] % region_scope or grid[1] % region_scope):
+        raise ValueError(
+            f"region_scope={region_scope} does not divide the {grid[0]}x{grid[1]} region grid; "
+            "use a divisor, 1 (regions stay) or 0 (anywhere in the image)"
+        )
+    return region_scope
+
+
+@torch.no_grad()
+def obfuscate(
+    images: torch.Tensor,
+    target_vfe: float,
+    region_size: int = 8,
+    block_sizes: tuple[int, ...] | None = None,
+    chromatic: bool = True,
+    region_scope: int = 1,
+    importance: str | torch.nn.Module = "gradient",
+    seed: int | None = None,
+) -> Obfuscation:
+    """Shuffle each image inside its regions until its VFE reaches ``target_vfe``.
+
+    Accepts (C, H, W) or (B, C, H, W), uint8 (0..255) or float (0..1), on CPU or CUDA;
+    a single image comes back as a single image. See :class:`VisualMixer` for the arguments.
+    """
+    batch, single = as_batch(images)
+    target = check_target_vfe(target_vfe)
+    b, c, h, w = batch.shape
+    check_region_size(region_size, h, w)
+    grid = (h // region_size, w // region_size)
+    scope = check_region_scope(region_scope, grid)
+    ladder = check_block_sizes(block_sizes, region_size)
+    generator = make_generator(seed, batch.device)
+
+    stats = region_stats(batch, region_size)
+    if isinstance(importance, torch.nn.Module):
+        weights = saliency_importance(importance, batch, region_size)
+    elif importance == "gradient":
+        weights = gradient_importance(stats)
+    else:
+        raise ValueError(
+            f"importance must be 'gradient' or a torch.nn.Module (saliency), got {importance!r}"
+        )
+
+    best = batch.clone()
+    best_vfe = torch.full((b,), -1.0, device=batch.device)
+    best_rungs = torch.zeros(b, grid[0] * grid[1], dtype=torch.long, device=batch.device)
+    goal = torch.full((b,), target + PLAN_MARGIN, device=batch.device)
+    todo = torch.arange(b, device=batch.device)
+    finest = len(ladder) - 1
+    for attempt in range(ATTEMPTS):
+        sub = _select(stats, todo)
+        if attempt == ATTEMPTS - 1:
+            rungs = torch.full((len(todo), grid[0] * grid[1]), finest, device=batch.device)
+        else:
+            rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
+        shuffled = shuffle_regions(
+            batch[todo], rungs, ladder, region_size, chromatic, scope, generator
+        )
+        achieved = image_vfe_from_stats(region_stats(shuffled, region_size))
+        better = achieved > best_vfe[todo]
+        keep = todo[better]
+        best[keep] = shuffled[better]
+        best_vfe[keep] = achieved[better]
+        best_rungs[keep] = rungs[better]
+        short = best_vfe[todo] < target
+        if not bool(short.any()):
+            break
+        goal[todo] += (target - achieved).clamp_min(0) + PLAN_MARGIN
+        todo = todo[short]
+
+    sizes = torch.tensor(ladder, device=batch.device)[best_rungs].view(b, *grid)
+    result = Obfuscation(best, best_vfe, sizes, best_vfe >= target)
+    if single:
+        return Obfuscation(result.images[0], result.vfe, result.block_size, result.met_target)
+    return result
+
+
+def _select(stats, index: torch.Tensor):
+    """The stats of a subset of the batch."""
+    return type(stats)(
+        variance=stats.variance[index],
+        col_energy=stats.col_energy[index],
+        row_energy=stats.row_energy[index],
+        valid=stats.valid[index],
+        region_size=stats.region_size,
+    )

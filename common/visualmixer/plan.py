@@ -1,0 +1,107 @@
+r"""Target-driven shuffle plans: which block size each region gets so the image reaches a VFE.
+
+The ladder for region side :math:`r` is rung 0 = left as is, then blocks of
+:math:`r/2, r/4, \dots, 1` pixel (finer = more scrambled). Shuffling a region in blocks
+of side :math:`b` keeps every pair *inside* a block and makes every pair *across* a block
+border a pair of two random pixels of the region, whose expected squared difference is
+:math:`2\sigma^2`. So the expected VFE of a region at rung :math:`k` follows from the
+original alone, with no trial shuffle:
+
+.. math::
+
+    \widehat{\mathrm{VFE}}_c(R, k) = \frac{S^{\text{in}}_c(R, b_k)}{2P\sigma^2_c(R)}
+        + \frac{P^{\text{cross}}(b_k)}{P}, \qquad P^{\text{cross}}(b) = 2r(r/b - 1),
+
+where :math:`S^{\text{in}}` sums the original squared differences of the pairs that stay
+inside a block. The plan refines regions greedily: step :math:`(j, k)` (region :math:`j` to
+rung :math:`k`) has priority :math:`k - q_j`, with :math:`q_j \in [0, 1)` the importance
+quantile of region :math:`j`, and steps are taken in priority order until the predicted
+image VFE reaches the target. The most important regions are therefore always at most one
+rung ahead of the rest, and a region is refined only once all more important regions reach
+that rung. Everything is batched: one sort and one cumulative sum per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .vfe import RegionStats
+
+
+def gradient_importance(stats: RegionStats) -> torch.Tensor:
+    """(B, N) "biological" importance: gradient energy of each region, summed over channels.
+
+    Regions dense in edges and texture are what people recognise first.
+    """
+    return stats.pair_energy.sum(1)
+
+
+def saliency_importance(
+    model: torch.nn.Module, batch: torch.Tensor, region_size: int
+) -> torch.Tensor:
+    """(B, N) "machine" importance: input-gradient saliency of ``model``'s top logit.
+
+    |d max_logit / d x| summed over channels and each region: where the model looks.
+    """
+    x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+    x = x.detach().requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    with torch.enable_grad():
+        logits = model(x)
+        (grad,) = torch.autograd.grad(logits.max(dim=1).values.sum(), x)
+    model.train(was_training)
+    b, c, h, w = grad.shape
+    r = region_size
+    return grad.abs().sum(1).view(b, h // r, r, w // r, r).sum((2, 4)).reshape(b, -1)
+
+
+def predicted_region_vfe(stats: RegionStats, block_sizes: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, N, K) expected VFE of every (channel, region) at each rung of the ladder.
+
+    Flat regions get 0 (they are excluded from the image mean, see ``vfe.py``).
+    """
+    r = stats.region_size
+    gaps = torch.arange(1, r, device=stats.variance.device)  # a gap sits before column `gaps`
+    sizes = torch.tensor(block_sizes, device=gaps.device)
+    inside = (gaps.unsqueeze(1) % sizes.unsqueeze(0) != 0).float()  # (r-1, K)
+    energy_inside = stats.col_energy @ inside + stats.row_energy @ inside  # (B, C, N, K)
+    pairs = 2 * r * (r - 1)
+    cross = (2 * r * (r // sizes - 1)).float() / pairs  # (K,)
+    denom = (2.0 * pairs) * stats.variance.clamp_min(1e-30).unsqueeze(-1)
+    predicted = energy_inside / denom + cross
+    return predicted * stats.valid.unsqueeze(-1)
+
+
+def plan_rungs(
+    stats: RegionStats,
+    importance: torch.Tensor,
+    target: torch.Tensor,
+    block_sizes: tuple[int, ...],
+) -> torch.Tensor:
+    """(B, N) rung per region (0 = untouched), the shortest greedy prefix reaching ``target``.
+
+    ``target`` is (B,) so the closed loop can ask more of the images that fell short.
+    When the target is out of reach every region gets the finest rung.
+    """
+    predicted = predicted_region_vfe(stats, block_sizes)  # (B, C, N, K)
+    b, _, n, k = predicted.shape
+    counts = stats.valid.sum((1, 2)).clamp_min(1).float()  # (B,)
+    per_region = predicted.sum(1) / counts.view(b, 1, 1)  # (B, N, K) share of the image mean
+    base = per_region[..., 0].sum(1)  # (B,) predicted VFE with nothing shuffled
+    gains = (per_region[..., 1:] - per_region[..., :-1]).reshape(b, n * (k - 1))
+
+    # Importance quantile: 0 for the least important region, -> 1 for the most important.
+    quantile = importance.argsort(1).argsort(1).float() / n  # (B, N)
+    rung = torch.arange(1, k, device=quantile.device).float()
+    priority = (rung.view(1, 1, k - 1) - quantile.unsqueeze(-1)).reshape(b, n * (k - 1))
+    order = priority.argsort(dim=1, stable=True)
+    reached = base.unsqueeze(1) + gains.gather(1, order).cumsum(1) >= target.unsqueeze(1)
+    # Steps needed = index of the first prefix that reaches the target, plus one.
+    first = torch.where(reached.any(1), reached.float().argmax(1) + 1, n * (k - 1))
+    first = torch.where(base >= target, torch.zeros_like(first), first)
+    taken = torch.arange(n * (k - 1), device=order.device).unsqueeze(0) < first.unsqueeze(1)
+    region_of_step = order // (k - 1)
+    return torch.zeros(b, n, dtype=torch.long, device=order.device).scatter_add_(
+        1, region_of_step, taken.long()
+    )
