@@ -17,7 +17,7 @@ import torch
 from ._checks import as_batch, check_block_sizes, check_region_size, check_target_vfe
 from .plan import gradient_importance, plan_rungs, saliency_importance
 from .shuffle import shuffle_regions
-from .vfe import image_vfe_from_stats, region_stats
+from .vfe import from_regions, image_vfe_from_stats, stats_of_regions, to_regions
 
 # Plans aim this far above the target so that most images pass the first check.
 PLAN_MARGIN = 0.02
@@ -79,7 +79,8 @@ def obfuscate(
     ladder = check_block_sizes(block_sizes, region_size)
     generator = make_generator(seed, batch.device)
 
-    stats = region_stats(batch, region_size)
+    regions = to_regions(batch, region_size)
+    stats = stats_of_regions(regions)
     if isinstance(importance, torch.nn.Module):
         weights = saliency_importance(importance, batch, region_size)
     elif importance == "gradient":
@@ -89,22 +90,25 @@ def obfuscate(
             f"importance must be 'gradient' or a torch.nn.Module (saliency), got {importance!r}"
         )
 
-    best = batch.clone()
+    n = grid[0] * grid[1]
+    best = torch.empty_like(regions)
     best_vfe = torch.full((b,), -1.0, device=batch.device)
-    best_rungs = torch.zeros(b, grid[0] * grid[1], dtype=torch.long, device=batch.device)
+    best_rungs = torch.zeros(b, n, dtype=torch.long, device=batch.device)
     goal = torch.full((b,), target + PLAN_MARGIN, device=batch.device)
     todo = torch.arange(b, device=batch.device)
     finest = len(ladder) - 1
     for attempt in range(ATTEMPTS):
         sub = _select(stats, todo)
         if attempt == ATTEMPTS - 1:
-            rungs = torch.full((len(todo), grid[0] * grid[1]), finest, device=batch.device)
+            rungs = torch.full((len(todo), n), finest, device=batch.device)
         else:
             rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
-        shuffled = shuffle_regions(
-            batch[todo], rungs, ladder, region_size, chromatic, scope, generator
+        shuffled, source = shuffle_regions(
+            regions[todo], rungs, ladder, grid, chromatic, scope, generator
         )
-        achieved = image_vfe_from_stats(region_stats(shuffled, region_size))
+        # A shuffle never changes a region's variance: carry it over from the source rows.
+        variance = sub.variance.reshape(len(todo), c * n).gather(1, source).view(-1, c, n)
+        achieved = image_vfe_from_stats(stats_of_regions(shuffled, variance))
         better = achieved > best_vfe[todo]
         keep = todo[better]
         best[keep] = shuffled[better]
@@ -116,11 +120,11 @@ def obfuscate(
         goal[todo] += (target - achieved).clamp_min(0) + PLAN_MARGIN
         todo = todo[short]
 
+    images_out = from_regions(best, h, w)
     sizes = torch.tensor(ladder, device=batch.device)[best_rungs].view(b, *grid)
-    result = Obfuscation(best, best_vfe, sizes, best_vfe >= target)
     if single:
-        return Obfuscation(result.images[0], result.vfe, result.block_size, result.met_target)
-    return result
+        return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target)
+    return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
 
 
 def _select(stats, index: torch.Tensor):

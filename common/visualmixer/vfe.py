@@ -60,35 +60,98 @@ class RegionStats:
         return self.col_energy.sum(-1) + self.row_energy.sum(-1)
 
 
-def _to_float(batch: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Float32 view of the pixels and the flat-variance threshold on that scale.
+def to_regions(batch: torch.Tensor, region_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, C, N, r, r), regions in row-major order."""
+    b, c, h, w = batch.shape
+    r = region_size
+    tiles = batch.view(b, c, h // r, r, w // r, r).permute(0, 1, 2, 4, 3, 5)
+    return tiles.reshape(b, c, (h // r) * (w // r), r, r)
 
-    uint8 stays on its 0..255 scale (VFE is scale-invariant), saving a division.
+
+def from_regions(regions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`to_regions`."""
+    b, c, _, r, _ = regions.shape
+    tiles = regions.view(b, c, height // r, width // r, r, r).permute(0, 1, 2, 4, 3, 5)
+    return tiles.reshape(b, c, height, width)
+
+
+def _gap_matrices(r: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r*r, r-1) 0/1 matrices that sum flat neighbour differences per column / row gap.
+
+    Entry [y*r + x, g] of the column matrix is 1 when the pair (x, x+1) in row y sits in
+    gap g = x; the entries for x = r-1 (a pair that would wrap to the next row) stay 0.
     """
-    if batch.dtype == torch.uint8:
-        return batch.float(), FLAT_VARIANCE_255
-    return batch.float(), FLAT_VARIANCE_255 / 255.0**2
+    pos = torch.arange(r * r, device=device)
+    y, x = pos // r, pos % r
+    gaps = torch.arange(r - 1, device=device)
+    cols = (x.unsqueeze(1) == gaps).float()
+    rows = (y.unsqueeze(1) == gaps).float()
+    return cols, rows
+
+
+def region_energy(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared in-region differences of a float (B, C, N, r, r) tensor, per column/row gap.
+
+    The differences are taken on the flat, contiguous tensor into one reused buffer (fresh
+    large allocations cost page faults that dominate on small CPUs), and a 0/1 matrix
+    product keeps only the pairs inside a region row or column, so pairs that wrap across
+    rows or regions never count.
+    """
+    b, c, n, r, _ = values.shape
+    flat = values.reshape(-1)
+    cols, rows = _gap_matrices(r, values.device)
+    diff = torch.empty_like(flat)
+    torch.sub(flat[1:], flat[:-1], out=diff[:-1])
+    diff[-1:] = 0
+    col_energy = diff.square_().view(-1, r * r) @ cols
+    torch.sub(flat[r:], flat[:-r], out=diff[:-r])
+    diff[-r:] = 0
+    row_energy = diff.square_().view(-1, r * r) @ rows
+    return col_energy.view(b, c, n, r - 1), row_energy.view(b, c, n, r - 1)
+
+
+def region_variance(values: torch.Tensor, exact_integers: bool) -> torch.Tensor:
+    """(B, C, N) unbiased variance of each region of a float (B, C, N, r, r) tensor.
+
+    With ``exact_integers`` (uint8 input, r <= 16) the float32 sums of x and x**2 are exact
+    integers below 2**24 and n * sum(x**2) - sum(x)**2 is formed in float64, so there is no
+    cancellation; other inputs take the two-pass route.
+    """
+    b, c, n, r, _ = values.shape
+    x = values.reshape(b, c, n, r * r)
+    count = r * r
+    if exact_integers:
+        total = x.sum(-1).double()
+        squares = torch.linalg.vecdot(x, x).double()
+        return ((count * squares - total.square()) / (count * (count - 1))).float()
+    centred = x - x.mean(-1, keepdim=True)
+    return centred.square_().sum(-1) / (count - 1)
+
+
+def flat_threshold(dtype: torch.dtype) -> float:
+    """Variance below which a region counts as flat, on the scale of ``dtype``."""
+    return FLAT_VARIANCE_255 if dtype == torch.uint8 else FLAT_VARIANCE_255 / 255.0**2
 
 
 def region_stats(batch: torch.Tensor, region_size: int) -> RegionStats:
     """Compute :class:`RegionStats` for a validated (B, C, H, W) batch."""
-    r = region_size
-    x, flat_variance = _to_float(batch)
-    b, c, h, w = x.shape
-    nh, nw = h // r, w // r
-    # (B, C, nh, r, nw, r): pixel (y, x) of region (i, j) sits at [..., i, y, j, x].
-    tiles = x.view(b, c, nh, r, nw, r)
-    dx = (tiles[..., 1:] - tiles[..., :-1]).square_()  # pairs (x, x+1) inside each region
-    dy = (tiles[:, :, :, 1:] - tiles[:, :, :, :-1]).square_()  # pairs (y, y+1)
-    col_energy = dx.sum(3)  # (B, C, nh, nw, r-1)
-    row_energy = dy.sum(5).permute(0, 1, 2, 4, 3)  # (B, C, nh, nw, r-1)
-    variance = torch.var(tiles, dim=(3, 5), correction=1)
+    return stats_of_regions(to_regions(batch, region_size))
+
+
+def stats_of_regions(regions: torch.Tensor, variance: torch.Tensor | None = None) -> RegionStats:
+    """:class:`RegionStats` of a (B, C, N, r, r) tensor; ``variance`` may be passed when known
+    (a shuffle moves values but never changes a region's variance)."""
+    values = regions.float()
+    col_energy, row_energy = region_energy(values)
+    if variance is None:
+        exact = regions.dtype == torch.uint8 and regions.shape[-1] <= 16
+        variance = region_variance(values, exact)
     return RegionStats(
-        variance=variance.reshape(b, c, nh * nw),
-        col_energy=col_energy.reshape(b, c, nh * nw, r - 1),
-        row_energy=row_energy.reshape(b, c, nh * nw, r - 1),
-        valid=(variance >= flat_variance).reshape(b, c, nh * nw),
-        region_size=r,
+        variance=variance,
+        col_energy=col_energy,
+        row_energy=row_energy,
+        valid=variance >= flat_threshold(regions.dtype),
+        region_size=regions.shape[-1],
     )
 
 
