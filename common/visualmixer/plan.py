@@ -14,11 +14,13 @@ original alone, with no trial shuffle:
 
 where :math:`S^{\text{in}}` sums the original squared differences of the pairs that stay
 inside a block. The plan refines regions greedily: step :math:`(j, k)` (region :math:`j` to
-rung :math:`k`) has priority :math:`k - q_j`, with :math:`q_j \in [0, 1)` the importance
-quantile of region :math:`j`, and steps are taken in priority order until the predicted
-image VFE reaches the target. The most important regions are therefore always at most one
-rung ahead of the rest, and a region is refined only once all more important regions reach
-that rung. Everything is batched: one sort and one cumulative sum per batch.
+rung :math:`k`) has priority :math:`k - \lambda q_j`, with :math:`q_j \in [0, 1)` the
+importance quantile of region :math:`j` and :math:`\lambda` = ``IMPORTANCE_LEAD`` = 2, and
+steps are taken in priority order until the predicted image VFE reaches the target. The
+most important regions are refined first and run up to two rungs ahead of the least
+important ones (edges get pixel-level shuffles while flat background is still in blocks),
+yet no region waits for all others to reach the finest rung. Everything is batched: one
+sort and one cumulative sum per batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import torch
 
 from .vfe import RegionStats
+
+IMPORTANCE_LEAD = 2.0
 
 
 def gradient_importance(stats: RegionStats) -> torch.Tensor:
@@ -94,7 +98,7 @@ def plan_rungs(
     # Importance quantile: 0 for the least important region, -> 1 for the most important.
     quantile = importance.argsort(1).argsort(1).float() / n  # (B, N)
     rung = torch.arange(1, k, device=quantile.device).float()
-    priority = (rung.view(1, 1, k - 1) - quantile.unsqueeze(-1)).reshape(b, n * (k - 1))
+    priority = (rung.view(1, 1, k - 1) - IMPORTANCE_LEAD * quantile.unsqueeze(-1)).reshape(b, n * (k - 1))
     order = priority.argsort(dim=1, stable=True)
     reached = base.unsqueeze(1) + gains.gather(1, order).cumsum(1) >= target.unsqueeze(1)
     # Steps needed = index of the first prefix that reaches the target, plus one.

@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    the main job (installs into .venv on first use)
+#   make test   the test suite (same)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
+export FLWR_DISABLE_UPDATE_CHECK = 1
+export FLWR_TELEMETRY_ENABLED = 0
+
+.PHONY: run test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing else can pull a different build.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m simulations.demo --out outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m simulations.bench_obfuscation
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

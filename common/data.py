@@ -1,0 +1,169 @@
+"""Data sets as in-memory uint8 tensors, and how they are split between clients.
+
+Every loader returns an :class:`ImageSet`: uint8 images (N, C, H, W), int64 labels and the
+class names. Raw uint8 is what an edge device holds and what VisualMixer shuffles; models
+see ``images / 255``.
+
+* ``shapes``: the embedded default (``common/shapes.py``), generated from a seed, offline.
+* ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``: torchvision's loaders, reading
+  ``data_dir`` (``download=True`` only when asked, since most machines here are offline).
+  MNIST-style 28x28 images are zero-padded to 32x32 so that 8-pixel regions tile them.
+* ``folder``: any ``ImageFolder`` root with ``train/`` and ``test/`` class folders (your
+  own or medical data), resized to ``image_size`` and centre-cropped. A CIFAR-10 copy laid
+  out this way lives in ``../shared/data`` for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .shapes import CLASSES as SHAPE_CLASSES
+from .shapes import generate_shapes
+
+DATASETS = ("shapes", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
+SPLITS = ("train", "test")
+SHAPES_SIZES = {"train": 10_000, "test": 2_000}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+class DataError(ValueError):
+    """A data set that cannot be found or read; the message says what was looked for."""
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    image_size: int = 32,
+    seed: int = 0,
+) -> ImageSet:
+    """Load ``split`` of data set ``name`` (see :data:`DATASETS`)."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if name == "shapes":
+        # Different seeds per split so that test images are never training images.
+        offset = 0 if split == "train" else 1_000_003
+        images, labels = generate_shapes(SHAPES_SIZES[split], seed + offset)
+        return ImageSet(images, labels, SHAPE_CLASSES)
+    if data_dir is None or str(data_dir) == "":
+        raise DataError(
+            f"dataset {name!r} needs data-dir: the folder that holds it "
+            f"(or set download to fetch it where the network allows)"
+        )
+    root = Path(data_dir).expanduser()
+    if name == "folder":
+        return _load_folder(str(root.resolve()), split, image_size)
+    return _load_torchvision(name, root, split, download)
+
+
+def _load_torchvision(name: str, root: Path, split: str, download: bool) -> ImageSet:
+    from torchvision import datasets
+
+    cls = {
+        "cifar10": datasets.CIFAR10,
+        "cifar100": datasets.CIFAR100,
+        "mnist": datasets.MNIST,
+        "fashion-mnist": datasets.FashionMNIST,
+    }[name]
+    try:
+        ds = cls(root=str(root), train=split == "train", download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
+        raise DataError(
+            f"could not read {name} ({split}) under data-dir {str(root)!r}: {err} "
+            f"Put torchvision's {cls.__name__} files there, or allow download."
+        ) from err
+    data = torch.as_tensor(ds.data)
+    if data.dim() == 3:  # (N, 28, 28) grey: pad to 32x32 so 8-pixel regions tile it
+        data = torch.nn.functional.pad(data.unsqueeze(1), (2, 2, 2, 2))
+    else:  # (N, 32, 32, 3)
+        data = data.permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return ImageSet(data.to(torch.uint8), labels, tuple(ds.classes))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms import v2
+
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataError(
+            f"data-dir {root!r} has no {split}/ folder; expected an ImageFolder layout "
+            f"{root}/{split}/<class>/<image>"
+        )
+    try:
+        tree = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"could not read images under {str(folder)!r}: {err}") from err
+    resize = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    images = torch.empty(len(tree.samples), 3, image_size, image_size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(tree.samples):
+        try:
+            image = decode_image(path, mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise DataError(f"could not decode image {path!r}: {err}") from err
+        if image.shape[-2:] != (image_size, image_size):
+            image = resize(image)
+        images[i] = image
+    labels = torch.tensor([label for _, label in tree.samples], dtype=torch.long)
+    return ImageSet(images, labels, tuple(tree.classes))
+
+
+def partition_indices(
+    labels: torch.Tensor,
+    num_partitions: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Split sample indices between ``num_partitions`` clients.
+
+    ``iid``: a seeded shuffle cut into near-equal parts. ``dirichlet``: per class, the
+    class's samples are shared out with proportions drawn from Dirichlet(alpha) (smaller
+    alpha = more skew), the usual non-IID benchmark split.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num-partitions must be >= 1, got {num_partitions}")
+    g = torch.Generator().manual_seed(seed)
+    if scheme == "iid":
+        return list(torch.randperm(len(labels), generator=g).tensor_split(num_partitions))
+    if scheme != "dirichlet":
+        raise ValueError(f"partitioning must be 'iid' or 'dirichlet'; got {scheme!r}")
+    if not alpha > 0:
+        raise ValueError(f"dirichlet-alpha must be > 0, got {alpha}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(num_partitions)]
+    for cls in labels.unique():
+        members = (labels == cls).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        shares = torch.from_numpy(rng.dirichlet([float(alpha)] * num_partitions))
+        cuts = (shares.cumsum(0) * len(members)).round().long()[:-1]
+        for part, chunk in zip(parts, members.tensor_split(cuts)):
+            part.append(chunk)
+    return [torch.cat(p)[torch.randperm(sum(len(c) for c in p), generator=g)] for p in parts]

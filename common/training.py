@@ -1,0 +1,115 @@
+"""Training and evaluation loops shared by clients, server, simulations and tests.
+
+Images stay uint8 until the last moment: a batch is drawn, obfuscated by the mixer (when
+there is one) on the device, and only then scaled to [0, 1] for the model. A model trained
+on obfuscated images is also *used* on obfuscated images (:func:`predict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .st_adam import STAdam
+
+OPTIMIZERS = ("sgd", "adam", "st-adam")
+Mixer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available on this machine")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return device
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if not lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "st-adam":
+        return STAdam(params, lr=lr)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (0..255) -> float (0..1); float images pass through."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def train_steps(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    batch_size: int,
+    mixer: Mixer | None = None,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """``steps`` SGD steps on random batches (with replacement across steps); the losses."""
+    model.train()
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(0, len(labels), (min(batch_size, len(labels)),), generator=generator)
+        x = images[index].to(device, non_blocking=True)
+        if mixer is not None:
+            x = mixer(x)
+        y = labels[index].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(to_model_input(x)), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    mixer: Mixer | None = None,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Logits for ``images``; with a mixer the images are obfuscated first, as in training."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        if mixer is not None:
+            x = mixer(x)
+        out.append(model(to_model_input(x)).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mixer: Mixer | None = None,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the given images."""
+    logits = predict(model, images, mixer, batch_size, device)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return accuracy, loss
