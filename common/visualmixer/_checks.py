@@ -40,12 +40,18 @@ def as_batch(images: torch.Tensor, name: str = "images") -> tuple[torch.Tensor, 
     return batch, single
 
 
-def check_region_size(region_size: int, height: int, width: int) -> None:
-    """Region side must be a power of two >= 2 that tiles the image exactly."""
+def check_region_side(region_size: int) -> int:
+    """Region side must be a power of two >= 2 (r = 16 at most keeps uint8 sums exact)."""
     if isinstance(region_size, bool) or not isinstance(region_size, int):
         raise ValueError(f"region_size must be an int, got {region_size!r}")
     if region_size < 2 or region_size & (region_size - 1):
         raise ValueError(f"region_size must be a power of two >= 2, got {region_size}")
+    return region_size
+
+
+def check_region_size(region_size: int, height: int, width: int) -> None:
+    """Region side must be a power of two >= 2 that tiles the image exactly."""
+    check_region_side(region_size)
     if region_size > min(height, width):
         raise ValueError(
             f"region_size={region_size} is larger than the image ({height}x{width})"

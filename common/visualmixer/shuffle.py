@@ -57,7 +57,7 @@ def permutation_pool(
 ) -> torch.Tensor:
     """(K * POOL_SIZE, r*r) source pixel within a region, ``POOL_SIZE`` rows per rung.
 
-    Rung 0 (block = region) is the identity. Stored as uint8 (r*r <= 256) because picking
+    Rung 0 (block = region) is the identity. Stored as uint8 when r*r <= 256 because picking
     rows of a narrow table is several times cheaper than of an int64 one.
     """
     r = region_size
@@ -68,7 +68,7 @@ def permutation_pool(
         per_side = r // b
         origin = (block_perm // per_side) * (b * r) + (block_perm % per_side) * b  # (M, m)
         rows.append(origin[:, block_of[k]] + offset_of[k])  # (M, r*r)
-    return torch.cat(rows).to(torch.uint8)
+    return torch.cat(rows).to(torch.uint8 if r * r <= 256 else torch.int32)
 
 
 def _random_permutations(

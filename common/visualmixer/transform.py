@@ -8,7 +8,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ._checks import check_block_sizes, check_target_vfe
+from ._checks import check_block_sizes, check_region_side, check_target_vfe
 from .functional import Obfuscation, check_region_scope, obfuscate
 
 DEFAULT_TARGET_VFE = 0.6
@@ -49,8 +49,7 @@ class VisualMixer(v2.Transform):
     ) -> None:
         super().__init__()
         self.target_vfe = check_target_vfe(target_vfe)
-        if isinstance(region_size, bool) or not isinstance(region_size, int):
-            raise ValueError(f"region_size must be an int, got {region_size!r}")
+        check_region_side(region_size)
         self.block_sizes = None if block_sizes is None else check_block_sizes(
             block_sizes, region_size
         )[1:]

@@ -1,0 +1,188 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from common.shapes import generate_shapes
+from common.visualmixer import VisualMixer, obfuscate, visual_feature_entropy
+
+
+def region_multisets(images: torch.Tensor, r: int) -> torch.Tensor:
+    """Sorted values of every region over all its channels: (B, N, C*r*r)."""
+    b, c, h, w = images.shape
+    tiles = images.view(b, c, h // r, r, w // r, r).permute(0, 2, 4, 1, 3, 5)
+    return tiles.reshape(b, (h // r) * (w // r), -1).sort(-1).values
+
+
+def images_for(seed: int, batch: int, size: int) -> torch.Tensor:
+    images, _ = generate_shapes(batch, seed)
+    if size != 32:
+        images = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear")
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return images
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    target=st.floats(0.0, 0.95),
+    r=st.sampled_from([4, 8, 16]),
+    chromatic=st.booleans(),
+)
+def test_every_image_meets_the_target_and_keeps_each_region_multiset(seed, target, r, chromatic):
+    images = images_for(seed, 6, 32)
+    result = obfuscate(images, target, region_size=r, chromatic=chromatic, seed=seed)
+    assert result.met_target.all(), result.vfe
+    assert (result.vfe >= target).all()
+    # The reported VFE is the measured one.
+    torch.testing.assert_close(result.vfe, visual_feature_entropy(result.images, r))
+    assert torch.equal(region_multisets(images, r), region_multisets(result.images, r))
+
+
+@pytest.mark.parametrize("size", [16, 64])
+def test_other_image_sizes_meet_the_target(size):
+    images = images_for(5, 4, size)
+    result = obfuscate(images, 0.8, region_size=8, seed=1)
+    assert result.met_target.all()
+    assert result.block_size.shape == (4, size // 8, size // 8)
+
+
+def test_out_of_reach_target_reports_the_highest_reached():
+    images = images_for(1, 4, 32)
+    result = obfuscate(images, 1.2, seed=0)
+    assert not result.met_target.any()
+    assert (result.block_size == 1).all()  # everything at the finest rung
+    assert (result.vfe > 0.9).all()
+    torch.testing.assert_close(result.vfe, visual_feature_entropy(result.images))
+
+
+def test_zero_target_leaves_images_untouched(shapes_batch):
+    result = obfuscate(shapes_batch, 0.0, seed=0, chromatic=False)
+    assert torch.equal(result.images, shapes_batch)
+    assert (result.block_size == 8).all()
+
+
+def test_higher_targets_choose_finer_blocks(shapes_batch):
+    low = obfuscate(shapes_batch, 0.4, seed=0).block_size.float().mean()
+    high = obfuscate(shapes_batch, 0.9, seed=0).block_size.float().mean()
+    assert high < low
+
+
+def test_seed_makes_calls_reproducible_and_fresh_otherwise(shapes_batch):
+    a = VisualMixer(0.7, seed=3)(shapes_batch)
+    b = VisualMixer(0.7, seed=3)(shapes_batch)
+    c = VisualMixer(0.7, seed=4)(shapes_batch)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    fresh = VisualMixer(0.7)
+    assert not torch.equal(fresh(shapes_batch), fresh(shapes_batch))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.float16])
+def test_dtype_shape_and_device_round_trip(shapes_batch, dtype):
+    x = shapes_batch[:4] if dtype == torch.uint8 else (shapes_batch[:4].to(dtype) / 255)
+    out = VisualMixer(0.6, seed=0)(x)
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    single = VisualMixer(0.6, seed=0)(x[0])
+    assert single.shape == x[0].shape and single.dtype == dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_round_trip(shapes_batch):
+    x = shapes_batch.cuda()
+    result = obfuscate(x, 0.7, seed=0)
+    assert result.images.is_cuda and result.met_target.all()
+    assert torch.equal(region_multisets(x, 8).cpu(), region_multisets(result.images, 8).cpu())
+
+
+def test_grey_images(shapes_batch):
+    grey = shapes_batch[:, :1].contiguous()
+    result = obfuscate(grey, 0.7, seed=0)
+    assert result.images.shape == grey.shape and result.met_target.all()
+
+
+def test_spatial_shuffle_is_independent_per_channel():
+    # A grey picture copied into R, G and B: after the shuffle the channels differ.
+    images = images_for(2, 4, 32)[:, :1].expand(4, 3, 32, 32).contiguous()
+    out = obfuscate(images, 0.9, chromatic=False, seed=0).images
+    assert not torch.equal(out[:, 0], out[:, 1])
+    # Without chromatic shuffle each channel keeps its own per-region multiset.
+    for c in range(3):
+        assert torch.equal(region_multisets(images[:, c : c + 1], 8), region_multisets(out[:, c : c + 1], 8))
+
+
+@pytest.mark.parametrize("scope", [0, 2])
+def test_region_scope_moves_whole_regions(shapes_batch, scope):
+    out = obfuscate(shapes_batch, 0.6, region_scope=scope, seed=0).images
+    before, after = region_multisets(shapes_batch, 8), region_multisets(out, 8)
+    # The bag of region multisets is kept ...
+    key = lambda m: sorted(tuple(row.tolist()) for row in m)
+    for i in range(4):
+        if scope == 0:
+            assert key(before[i]) == key(after[i])
+        else:  # ... within every 2x2 group of regions
+            for group in ([0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]):
+                assert key(before[i][group]) == key(after[i][group])
+    # ... but regions do move, so the mosaic of region means changes.
+    assert not torch.equal(before, after)
+
+
+def test_plan_reports_block_size_per_region(shapes_batch):
+    result = VisualMixer(0.7, seed=0).obfuscate(shapes_batch)
+    assert result.block_size.shape == (64, 4, 4)
+    assert set(result.block_size.unique().tolist()) <= {8, 4, 2, 1}
+
+
+def test_block_sizes_restrict_the_ladder(shapes_batch):
+    result = obfuscate(shapes_batch, 0.5, block_sizes=(2,), seed=0)
+    assert set(result.block_size.unique().tolist()) <= {8, 2}
+    assert result.met_target.all()
+
+
+def test_saliency_importance_from_a_model(shapes_batch):
+    from common.models import build_model
+
+    model = build_model("small-cnn")
+    result = obfuscate(shapes_batch[:8], 0.7, importance=model, seed=0)
+    assert result.met_target.all()
+
+
+def test_transform_in_compose_and_dataloader(shapes_batch):
+    pipeline = v2.Compose([v2.ToImage(), VisualMixer(0.7, seed=1)])
+    out = pipeline(tv_tensors.Image(shapes_batch[0]))
+    assert isinstance(out, tv_tensors.Image) and out.shape == (3, 32, 32)
+
+    class Mixed(TensorDataset):
+        def __getitem__(self, i):
+            image, label = super().__getitem__(i)
+            return VisualMixer(0.7)(image), label
+
+    loader = DataLoader(Mixed(shapes_batch, torch.zeros(64)), batch_size=16)
+    images, _ = next(iter(loader))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
+    assert (visual_feature_entropy(images) >= 0.7).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_vfe": 1.5}, "target_vfe"),
+        ({"target_vfe": -0.1}, "target_vfe"),
+        ({"target_vfe": "high"}, "target_vfe"),
+        ({"region_size": 6}, "power of two"),
+        ({"region_scope": -1}, "region_scope"),
+        ({"block_sizes": (3,)}, "block_sizes"),
+        ({"importance": "random"}, "importance"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VisualMixer(**kwargs)
+
+
+def test_region_scope_must_divide_the_grid(shapes_batch):
+    with pytest.raises(ValueError, match="region_scope=3"):
+        obfuscate(shapes_batch, 0.5, region_scope=3)
