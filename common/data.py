@@ -107,9 +107,8 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Imag
 
 @functools.lru_cache(maxsize=4)
 def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms import v2
 
     folder = Path(root) / split
     if not folder.is_dir():
@@ -118,21 +117,26 @@ def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
             f"{root}/{split}/<class>/<image>"
         )
     try:
-        tree = ImageFolder(str(folder))
+        tree = ImageFolder(str(folder), allow_empty=False)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"could not read images under {str(folder)!r}: {err}") from err
-    resize = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
-    images = torch.empty(len(tree.samples), 3, image_size, image_size, dtype=torch.uint8)
+    images = np.empty((len(tree.samples), image_size, image_size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tree.samples):
         try:
-            image = decode_image(path, mode=ImageReadMode.RGB)
-        except RuntimeError as err:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
             raise DataError(f"could not decode image {path!r}: {err}") from err
-        if image.shape[-2:] != (image_size, image_size):
-            image = resize(image)
-        images[i] = image
+        if rgb.size != (image_size, image_size):
+            # Resize the short side, then centre-crop: the usual ImageFolder preprocessing.
+            scale = image_size / min(rgb.size)
+            w, h = max(image_size, round(rgb.width * scale)), max(image_size, round(rgb.height * scale))
+            rgb = rgb.resize((w, h), Image.BILINEAR)
+            left, top = (w - image_size) // 2, (h - image_size) // 2
+            rgb = rgb.crop((left, top, left + image_size, top + image_size))
+        images[i] = np.asarray(rgb)
     labels = torch.tensor([label for _, label in tree.samples], dtype=torch.long)
-    return ImageSet(images, labels, tuple(tree.classes))
+    return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, tuple(tree.classes))
 
 
 def partition_indices(
