@@ -91,40 +91,46 @@ def obfuscate(
         )
 
     n = grid[0] * grid[1]
-    best = torch.empty_like(regions)
-    best_vfe = torch.full((b,), -1.0, device=batch.device)
-    best_rungs = torch.zeros(b, n, dtype=torch.long, device=batch.device)
     goal = torch.full((b,), target + PLAN_MARGIN, device=batch.device)
-    todo = torch.arange(b, device=batch.device)
+    rungs = plan_rungs(stats, weights, goal, ladder)
+    best, best_vfe = _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator)
+    best_rungs = rungs
+    todo = (best_vfe < target).nonzero().flatten()
     finest = len(ladder) - 1
-    for attempt in range(ATTEMPTS):
+    for attempt in range(1, ATTEMPTS):
+        if len(todo) == 0:
+            break
+        # Ask more of the images that fell short: raise their goal by the shortfall.
+        goal[todo] += target - best_vfe[todo] + PLAN_MARGIN
         sub = _select(stats, todo)
         if attempt == ATTEMPTS - 1:
             rungs = torch.full((len(todo), n), finest, device=batch.device)
         else:
             rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
-        shuffled, source = shuffle_regions(
-            regions[todo], rungs, ladder, grid, chromatic, scope, generator
+        shuffled, achieved = _shuffle_and_measure(
+            regions[todo], sub, rungs, ladder, grid, chromatic, scope, generator
         )
-        # A shuffle never changes a region's variance: carry it over from the source rows.
-        variance = sub.variance.reshape(len(todo), c * n).gather(1, source).view(-1, c, n)
-        achieved = image_vfe_from_stats(stats_of_regions(shuffled, variance))
         better = achieved > best_vfe[todo]
         keep = todo[better]
         best[keep] = shuffled[better]
         best_vfe[keep] = achieved[better]
         best_rungs[keep] = rungs[better]
-        short = best_vfe[todo] < target
-        if not bool(short.any()):
-            break
-        goal[todo] += (target - achieved).clamp_min(0) + PLAN_MARGIN
-        todo = todo[short]
+        todo = todo[best_vfe[todo] < target]
 
     images_out = from_regions(best, h, w)
     sizes = torch.tensor(ladder, device=batch.device)[best_rungs].view(b, *grid)
     if single:
         return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target)
     return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
+
+
+def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator):
+    """Shuffle regions by plan and measure the VFE of the result."""
+    b, c, n = stats.variance.shape
+    shuffled, source = shuffle_regions(regions, rungs, ladder, grid, chromatic, scope, generator)
+    # A shuffle never changes a region's variance: carry it over from the source rows.
+    variance = stats.variance.reshape(b, c * n).gather(1, source).view(b, c, n)
+    return shuffled, image_vfe_from_stats(stats_of_regions(shuffled, variance))
 
 
 def _select(stats, index: torch.Tensor):

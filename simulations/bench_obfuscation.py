@@ -1,0 +1,96 @@
+"""Throughput of the full VisualMixer transform against the least work any shuffle must do.
+
+    python -m simulations.bench_obfuscation [--repeats N] [--target-vfe X]
+
+Prints one JSON line per configuration (32x32 uint8 batch 1024 and 224x224 uint8 batch 32,
+on CPU and on CUDA when present), all measured in the same run on the same batch:
+
+* ``transform_ips``: images/s of ``obfuscate`` (VFE + plan + shuffle + measured VFE);
+* ``gather_ips``: images/s of one ``torch.gather`` of the batch with a precomputed index;
+* ``train_step_ips`` (32x32 only): images/s of one small-CNN training step (Adam);
+* ``transform_vs_gather``: how many gathers one transform costs (goal: <= 10);
+* ``overhead_vs_train_step``: transform time / training-step time per image (goal: < 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from common.models import build_model
+from common.shapes import generate_shapes
+from common.training import to_model_input
+from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
+
+
+def _seconds(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def images(batch: int, size: int) -> torch.Tensor:
+    x, _ = generate_shapes(batch, seed=0)
+    if size != 32:
+        x = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear")
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x
+
+
+def bench(batch: int, size: int, device: torch.device, target: float, repeats: int) -> dict:
+    x = images(batch, size).to(device)
+    flat = x.view(batch, -1)
+    index = torch.rand(flat.shape, device=device).argsort(1)
+    gather = _seconds(lambda: torch.gather(flat, 1, index), repeats, device)
+    transform = _seconds(lambda: obfuscate(x, target), repeats, device)
+    row = {
+        "device": device.type,
+        "size": size,
+        "batch": batch,
+        "target_vfe": target,
+        "transform_ips": round(batch / transform, 1),
+        "gather_ips": round(batch / gather, 1),
+        "transform_vs_gather": round(transform / gather, 2),
+    }
+    if size == 32:
+        model = build_model("small-cnn").to(device)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        labels = torch.randint(0, 10, (batch,), device=device)
+
+        def step() -> None:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(to_model_input(x)), labels).backward()
+            optimizer.step()
+
+        train = _seconds(step, repeats, device)
+        row["train_step_ips"] = round(batch / train, 1)
+        row["overhead_vs_train_step"] = round(transform / train, 4)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
+    args = parser.parse_args(argv)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+    for device in devices:
+        for batch, size in ((1024, 32), (32, 224)):
+            print(json.dumps(bench(batch, size, device, args.target_vfe, args.repeats)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
