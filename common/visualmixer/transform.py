@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from ._checks import check_block_sizes, check_region_side, check_target_vfe
 from .functional import Obfuscation, check_region_scope, obfuscate
 
-DEFAULT_TARGET_VFE = 0.6
+DEFAULT_TARGET_VFE = 0.8
 
 
 class VisualMixer(v2.Transform):
