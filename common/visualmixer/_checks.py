@@ -6,6 +6,8 @@ bad call fails at the door instead of deep inside a reshape.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -93,3 +95,22 @@ def check_block_sizes(block_sizes: tuple[int, ...] | None, region_size: int) -> 
     if not sizes:
         raise ValueError(f"block_sizes must not be empty, got {tuple(block_sizes)}")
     return (region_size, *sizes)
+
+
+def check_region_scope(region_scope: Any, grid: tuple[int, int] | None = None) -> int:
+    """0 (anywhere), 1 (regions stay) or k > 1 dividing the region grid (k x k groups)."""
+    if isinstance(region_scope, bool) or not isinstance(region_scope, int) or region_scope < 0:
+        raise ValueError(f"region_scope must be an int >= 0, got {region_scope!r}")
+    if grid is not None and region_scope > 1 and (grid[0] % region_scope or grid[1] % region_scope):
+        raise ValueError(
+            f"region_scope={region_scope} does not divide the {grid[0]}x{grid[1]} region grid; "
+            "use a divisor, 1 (regions stay) or 0 (anywhere in the image)"
+        )
+    return region_scope
+
+
+def check_importance(importance: Any) -> None:
+    if not isinstance(importance, torch.nn.Module) and importance != "gradient":
+        raise ValueError(
+            f"importance must be 'gradient' or a torch.nn.Module (saliency), got {importance!r}"
+        )

@@ -10,11 +10,16 @@ above the target, or the highest this loop could reach when the target is out of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
-from ._checks import as_batch, check_block_sizes, check_region_size, check_target_vfe
+from ._checks import (
+    as_batch,
+    check_block_sizes,
+    check_importance,
+    check_region_scope,
+    check_region_size,
+    check_target_vfe,
+)
 from .plan import gradient_importance, plan_rungs, saliency_importance
 from .shuffle import shuffle_regions
 from .vfe import from_regions, image_vfe_from_stats, stats_of_regions, to_regions
@@ -43,17 +48,6 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
     return generator
 
 
-def check_region_scope(region_scope: Any, grid: tuple[int, int] | None = None) -> int:
-    if isinstance(region_scope, bool) or not isinstance(region_scope, int) or region_scope < 0:
-        raise ValueError(f"region_scope must be an int >= 0, got {region_scope!r}")
-    if grid is not None and region_scope > 1 and (grid[0] % region_scope or grid[1] % region_scope):
-        raise ValueError(
-            f"region_scope={region_scope} does not divide the {grid[0]}x{grid[1]} region grid; "
-            "use a divisor, 1 (regions stay) or 0 (anywhere in the image)"
-        )
-    return region_scope
-
-
 @torch.no_grad()
 def obfuscate(
     images: torch.Tensor,
@@ -77,18 +71,16 @@ def obfuscate(
     grid = (h // region_size, w // region_size)
     scope = check_region_scope(region_scope, grid)
     ladder = check_block_sizes(block_sizes, region_size)
+
+    check_importance(importance)
     generator = make_generator(seed, batch.device)
 
     regions = to_regions(batch, region_size)
     stats = stats_of_regions(regions)
     if isinstance(importance, torch.nn.Module):
         weights = saliency_importance(importance, batch, region_size)
-    elif importance == "gradient":
-        weights = gradient_importance(stats)
     else:
-        raise ValueError(
-            f"importance must be 'gradient' or a torch.nn.Module (saliency), got {importance!r}"
-        )
+        weights = gradient_importance(stats)
 
     n = grid[0] * grid[1]
     goal = torch.full((b,), target + PLAN_MARGIN, device=batch.device)
@@ -102,7 +94,7 @@ def obfuscate(
             break
         # Ask more of the images that fell short: raise their goal by the shortfall.
         goal[todo] += target - best_vfe[todo] + PLAN_MARGIN
-        sub = _select(stats, todo)
+        sub = stats.select(todo)
         if attempt == ATTEMPTS - 1:
             rungs = torch.full((len(todo), n), finest, device=batch.device)
         else:
@@ -131,14 +123,3 @@ def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, 
     # A shuffle never changes a region's variance: carry it over from the source rows.
     variance = stats.variance.reshape(b, c * n).gather(1, source).view(b, c, n)
     return shuffled, image_vfe_from_stats(stats_of_regions(shuffled, variance))
-
-
-def _select(stats, index: torch.Tensor):
-    """The stats of a subset of the batch."""
-    return type(stats)(
-        variance=stats.variance[index],
-        col_energy=stats.col_energy[index],
-        row_energy=stats.row_energy[index],
-        valid=stats.valid[index],
-        region_size=stats.region_size,
-    )

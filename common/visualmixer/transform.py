@@ -8,8 +8,14 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ._checks import check_block_sizes, check_region_side, check_target_vfe
-from .functional import Obfuscation, check_region_scope, obfuscate
+from ._checks import (
+    check_block_sizes,
+    check_importance,
+    check_region_scope,
+    check_region_side,
+    check_target_vfe,
+)
+from .functional import Obfuscation, obfuscate
 
 DEFAULT_TARGET_VFE = 0.8
 
@@ -56,10 +62,7 @@ class VisualMixer(v2.Transform):
         self.region_size = region_size
         self.chromatic = bool(chromatic)
         self.region_scope = check_region_scope(region_scope)
-        if not isinstance(importance, torch.nn.Module) and importance != "gradient":
-            raise ValueError(
-                f"importance must be 'gradient' or a torch.nn.Module, got {importance!r}"
-            )
+        check_importance(importance)
         self.importance = importance
         self.seed = seed
 

@@ -31,7 +31,7 @@ Images must tile exactly into regions; other sizes raise ``ValueError`` (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -53,6 +53,13 @@ class RegionStats:
     row_energy: torch.Tensor  # (B, C, N, r-1) squared vertical differences, summed per row gap
     valid: torch.Tensor  # (B, C, N) bool, False for flat regions
     region_size: int
+
+    def select(self, index: torch.Tensor) -> "RegionStats":
+        """The stats of the images ``index`` of the batch."""
+        return RegionStats(
+            **{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "region_size"},
+            region_size=self.region_size,
+        )
 
     @property
     def pair_energy(self) -> torch.Tensor:
