@@ -89,7 +89,6 @@ def test_device_and_optimizer_names():
         make_optimizer("lbfgs", [torch.nn.Parameter(torch.zeros(1))], 0.1)
 
 
-@pytest.mark.slow
 def test_small_cnn_learns_obfuscated_shapes():
     """At the default target the small CNN gets clearly above chance (10%) in bounded steps."""
     torch.manual_seed(0)
