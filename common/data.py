@@ -27,6 +27,14 @@ from .shapes import generate_shapes
 
 DATASETS = ("shapes", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
 SPLITS = ("train", "test")
+# (channels, classes) of the built-in data sets; `folder` is known only from its files.
+DATASET_INFO = {
+    "shapes": (3, 10),
+    "cifar10": (3, 10),
+    "cifar100": (3, 100),
+    "mnist": (1, 10),
+    "fashion-mnist": (1, 10),
+}
 SHAPES_SIZES = {"train": 10_000, "test": 2_000}
 
 
@@ -171,3 +179,37 @@ def partition_indices(
         for part, chunk in zip(parts, members.tensor_split(cuts)):
             part.append(chunk)
     return [torch.cat(p)[torch.randperm(sum(len(c) for c in p), generator=g)] for p in parts]
+
+
+HOLDOUT_FRACTION = 0.1
+
+
+@functools.lru_cache(maxsize=8)
+def cached_dataset(name: str, split: str, data_dir: str | None, seed: int) -> ImageSet:
+    """:func:`load_dataset` once per process (simulated clients share a worker process)."""
+    return load_dataset(name, split, data_dir or None, seed=seed)
+
+
+def client_partition(
+    name: str,
+    data_dir: str | None,
+    partition_id: int,
+    num_partitions: int,
+    scheme: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> tuple[ImageSet, ImageSet]:
+    """(local training set, held-out set) of one client: its partition, 10% held out."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"node-config partition-id={partition_id} must be in [0, num-partitions={num_partitions})"
+        )
+    train = cached_dataset(name, "train", data_dir, seed)
+    part = partition_indices(train.labels, num_partitions, scheme, alpha, seed)[partition_id]
+    if len(part) < 2:
+        raise DataError(
+            f"partition {partition_id} of {num_partitions} holds {len(part)} images; "
+            "use fewer partitions or a larger dirichlet-alpha"
+        )
+    held = max(1, int(len(part) * HOLDOUT_FRACTION))
+    return train.subset(part[held:]), train.subset(part[:held])

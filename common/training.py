@@ -113,3 +113,23 @@ def evaluate(
     loss = nn.functional.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return accuracy, loss
+
+
+class RecordingMixer:
+    """Wraps a VisualMixer and keeps the mean VFE of everything it obfuscated."""
+
+    def __init__(self, mixer) -> None:
+        self.mixer = mixer
+        self.total = 0.0
+        self.count = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        result = self.mixer.obfuscate(images)
+        self.total += float(result.vfe.sum())
+        self.count += len(result.vfe)
+        return result.images
+
+    @property
+    def mean_vfe(self) -> float:
+        """Mean VFE of the obfuscated images so far (NaN when nothing was obfuscated)."""
+        return self.total / self.count if self.count else float("nan")

@@ -1,0 +1,107 @@
+"""The edge ClientApp: obfuscate first, then share images, activations or weights.
+
+Message types (the server drives every round):
+
+* ``train``                   weights exchange: local training on obfuscated images -> weights
+* ``query.images``            images exchange: a sample of obfuscated images and labels
+* ``query.activations``       split learning: client layers' activations of obfuscated images
+* ``train.apply_gradients``   split learning: the gradient at the cut -> update client layers
+* ``evaluate``                federated evaluation on the client's held-out split
+
+Originals never leave this process: everything uploaded is computed from
+``VisualMixer(images)`` when ``defense = "visualmixer"``. In split learning the client
+layers and their optimizer state live in ``context.state`` across rounds; the forward pass
+is recomputed from the same seeded batch and shuffle when the gradient arrives (ClientApp
+processes are ephemeral), following Flower's vertical-fl example.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.node import Node
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    state = msg.content["arrays"].to_torch_state_dict()
+    new_state, metrics = node.train_weights(state)
+    content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+@app.query("images")
+def upload_images(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    images, labels, metrics = node.obfuscated_upload(int(msg.content["config"]["server-round"]))
+    arrays = ArrayRecord({"images": Array(images.numpy()), "labels": Array(labels.numpy())})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("activations")
+def upload_activations(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    client_part, optimizer = _restore(context, msg.content["arrays"], node)
+    server_round = int(msg.content["config"]["server-round"])
+    activations, labels, metrics = node.client_forward(client_part, server_round)
+    arrays = ArrayRecord(
+        {"activations": Array(activations.numpy()), "labels": Array(labels.numpy())}
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.train("apply_gradients")
+def apply_gradients(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    client_part, optimizer = _restore(context, None, node)
+    gradient = torch.from_numpy(msg.content["arrays"]["gradients"].numpy())
+    server_round = int(msg.content["config"]["server-round"])
+    metrics = node.client_backward(client_part, optimizer, server_round, gradient)
+    _save(context, client_part, optimizer)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    node = Node.from_context(context)
+    state = msg.content["arrays"].to_torch_state_dict()
+    if node.config.exchange == "activations":
+        client_part, _ = _restore(context, None, node)
+        metrics = node.evaluate_split(client_part, state)
+    else:
+        metrics = node.evaluate_model(state)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _restore(context: Context, init: ArrayRecord | None, node: Node):
+    """The client layers and optimizer from ``context.state`` (or ``init`` on first use)."""
+    if "client-part" in context.state:
+        weights = context.state["client-part"].to_torch_state_dict()
+    elif init is not None:
+        weights = init.to_torch_state_dict()
+    else:
+        raise RuntimeError("no client layers yet: apply_gradients arrived before a query")
+    client_part, optimizer = node.client_layers(weights)
+    if "client-optimizer" in context.state:
+        blob = context.state["client-optimizer"]["state"]
+        optimizer.load_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
+    return client_part, optimizer
+
+
+def _save(context: Context, client_part: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    context.state["client-part"] = ArrayRecord(
+        {k: Array(v.detach().cpu().numpy()) for k, v in client_part.state_dict().items()}
+    )
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    context.state["client-optimizer"] = ConfigRecord({"state": buffer.getvalue()})
+
+
+

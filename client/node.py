@@ -1,0 +1,158 @@
+"""What one edge node does, in plain PyTorch (no Flower types): the ClientApp calls these.
+
+A node holds its partition of the data (simulation) or its own ``data-dir`` (deployment),
+and obfuscates on its own device before anything is returned for upload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.data import ImageSet, client_partition
+from common.models import build_model, split_model
+from common.run_config import RunConfig, parse_run_config
+from common.training import (
+    RecordingMixer,
+    evaluate,
+    make_optimizer,
+    resolve_device,
+    to_model_input,
+    train_steps,
+)
+from common.visualmixer import VisualMixer
+
+
+def round_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A seed unique to (run seed, round, node): same batch and shuffle on recompute."""
+    return (seed * 1_000_003 + server_round * 1009 + partition_id) % (2**63)
+
+
+@dataclass
+class Node:
+    config: RunConfig
+    partition_id: int
+    train_set: ImageSet
+    held_out: ImageSet
+    device: torch.device
+
+    @classmethod
+    def from_context(cls, context) -> "Node":
+        """Build from a Flower ``Context``: run config plus node config.
+
+        Node config (``--node-config`` in deployment, filled in simulation): ``partition-id``
+        and ``num-partitions`` (default 0 and 1: the node's whole data set), ``data-dir``
+        and ``device`` (override the run config's).
+        """
+        config = parse_run_config(context.run_config)
+        node_config = context.node_config
+        partition_id = int(node_config.get("partition-id", 0))
+        num_partitions = int(node_config.get("num-partitions", 1))
+        data_dir = str(node_config.get("data-dir", config.data_dir))
+        device = resolve_device(str(node_config.get("device", config.device)))
+        train_set, held_out = client_partition(
+            config.dataset, data_dir, partition_id, num_partitions,
+            config.partitioning, config.dirichlet_alpha, config.seed,
+        )
+        return cls(config, partition_id, train_set, held_out, device)
+
+    # -- helpers -----------------------------------------------------------------------
+    def mixer(self, seed: int | None = None) -> RecordingMixer | None:
+        if self.config.defense != "visualmixer":
+            return None
+        return RecordingMixer(
+            VisualMixer(self.config.target_vfe, region_size=self.config.region_size, seed=seed)
+        )
+
+    def model(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Sequential:
+        model = build_model(self.config.model, self.train_set.images.shape[1], self.train_set.num_classes)
+        if state is not None:
+            model.load_state_dict(state)
+        return model.to(self.device)
+
+    def _batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This round's upload sample: indices drawn from a per-(round, node) seed."""
+        seed = round_seed(self.config.seed, server_round, self.partition_id)
+        count = self.config.upload_samples or len(self.train_set)
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(self.train_set), generator=generator)[:count]
+        return self.train_set.images[index], self.train_set.labels[index], seed
+
+    @staticmethod
+    def _vfe(mixer: RecordingMixer | None) -> dict[str, float]:
+        return {} if mixer is None else {"vfe": mixer.mean_vfe}
+
+    # -- exchange = weights --------------------------------------------------------------
+    def train_weights(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        model = self.model(state)
+        optimizer = make_optimizer(self.config.optimizer, model.parameters(), self.config.learning_rate)
+        mixer = self.mixer()
+        losses = train_steps(
+            model, self.train_set.images, self.train_set.labels, optimizer,
+            self.config.local_steps, self.config.batch_size, mixer, self.device,
+        )
+        metrics = {"num-examples": len(self.train_set), "train-loss": sum(losses) / len(losses)}
+        return {k: v.cpu() for k, v in model.state_dict().items()}, {**metrics, **self._vfe(mixer)}
+
+    # -- exchange = images ---------------------------------------------------------------
+    def obfuscated_upload(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        images, labels, _ = self._batch(server_round)
+        mixer = self.mixer()
+        if mixer is not None:
+            images = mixer(images.to(self.device)).cpu()
+        return images, labels, {"num-examples": len(labels), **self._vfe(mixer)}
+
+    # -- exchange = activations (split learning) -----------------------------------------
+    def client_layers(self, weights: dict[str, torch.Tensor]):
+        client_part, _ = split_model(self.model(), self.config.cut_layer)
+        client_part.load_state_dict(weights)
+        optimizer = make_optimizer(self.config.optimizer, client_part.parameters(), self.config.learning_rate)
+        return client_part, optimizer
+
+    def _split_input(self, server_round: int):
+        images, labels, seed = self._batch(server_round)
+        mixer = self.mixer(seed)  # seeded: the recompute sees the very same shuffle
+        images = images.to(self.device)
+        if mixer is not None:
+            images = mixer(images)
+        return to_model_input(images), labels, mixer
+
+    def client_forward(self, client_part: torch.nn.Module, server_round: int):
+        x, labels, mixer = self._split_input(server_round)
+        client_part.train()
+        with torch.no_grad():
+            activations = client_part(x).float().cpu()
+        return activations, labels, {"num-examples": len(labels), **self._vfe(mixer)}
+
+    def client_backward(self, client_part, optimizer, server_round: int, gradient: torch.Tensor) -> dict:
+        x, labels, _ = self._split_input(server_round)
+        client_part.train()
+        activations = client_part(x)
+        if gradient.shape != activations.shape:
+            raise ValueError(
+                f"gradient shape {tuple(gradient.shape)} does not match the activations "
+                f"{tuple(activations.shape)} of round {server_round}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        activations.backward(gradient.to(self.device, activations.dtype))
+        optimizer.step()
+        return {"num-examples": len(labels)}
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _evaluate(self, model: torch.nn.Module) -> dict:
+        held = self.held_out
+        if self.config.eval_samples:
+            held = held.subset(torch.arange(min(len(held), self.config.eval_samples)))
+        accuracy, loss = evaluate(model, held.images, held.labels, self.mixer(), device=self.device)
+        return {"num-examples": len(held), "eval-accuracy": accuracy, "eval-loss": loss}
+
+    def evaluate_model(self, state: dict[str, torch.Tensor]) -> dict:
+        return self._evaluate(self.model(state))
+
+    def evaluate_split(self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor]) -> dict:
+        model = self.model()
+        cut = self.config.cut_layer
+        model[:cut].load_state_dict(client_part.state_dict())
+        model[cut:].load_state_dict(server_state)
+        return self._evaluate(model)

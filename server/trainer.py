@@ -1,0 +1,200 @@
+"""The server's own work in plain PyTorch (no Flower types): the shared model, training on
+what clients upload, centralized evaluation, checkpoints and the run's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from common.data import DATASET_INFO, DataError, ImageSet, cached_dataset
+from common.models import build_model, split_model
+from common.run_config import ConfigError, RunConfig
+from common.run_store import RunStore
+from common.training import evaluate, make_optimizer, resolve_device, train_steps
+from common.visualmixer import VisualMixer
+
+log = logging.getLogger("flwr")
+BUFFER_LIMIT = 50_000  # most obfuscated uploads the server keeps for training
+
+
+def dataset_shape(config: RunConfig) -> tuple[int, int]:
+    """(channels, classes) of the run's data without needing the data itself."""
+    if config.dataset in DATASET_INFO:
+        channels, classes = DATASET_INFO[config.dataset]
+        return channels, config.num_classes or classes
+    if config.num_classes:
+        return 3, config.num_classes
+    try:
+        return 3, cached_dataset("folder", "test", config.data_dir or None, config.seed).num_classes
+    except (DataError, ValueError) as err:
+        raise ConfigError(
+            f"run-config num-classes=0 and the server cannot read the folder data set to count "
+            f"classes ({err}); set num-classes"
+        ) from err
+
+
+@dataclass
+class ServerTrainer:
+    config: RunConfig
+    store: RunStore = field(init=False)
+    model: torch.nn.Sequential = field(init=False)
+    optimizer: torch.optim.Optimizer | None = field(init=False, default=None)
+    buffer: list[tuple[torch.Tensor, torch.Tensor]] = field(init=False, default_factory=list)
+    test_set: ImageSet | None = field(init=False, default=None)
+    start_round: int = field(init=False, default=1)
+    samples_saved: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.channels, self.num_classes = dataset_shape(cfg)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, self.channels, self.num_classes).to(self.device)
+        if cfg.exchange in ("images", "activations"):
+            self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
+        self.store = RunStore(cfg.output_dir, cfg.run_name)
+        self.mixer = (
+            VisualMixer(cfg.target_vfe, region_size=cfg.region_size)
+            if cfg.defense == "visualmixer"
+            else None
+        )
+        self._load_test_set()
+        self._resume()
+        self.store.write_config(cfg.to_dict())
+
+    # -- model parts -----------------------------------------------------------------------
+    @property
+    def client_part(self) -> torch.nn.Sequential:
+        return split_model(self.model, self.config.cut_layer)[0]
+
+    @property
+    def server_part(self) -> torch.nn.Sequential:
+        return split_model(self.model, self.config.cut_layer)[1]
+
+    @property
+    def trained_part(self) -> torch.nn.Module:
+        """What the server itself trains: the top in split learning, else the whole model."""
+        return self.server_part if self.config.exchange == "activations" else self.model
+
+    def activation_shape(self) -> tuple[int, ...]:
+        with torch.no_grad():
+            probe = torch.zeros(1, self.channels, 32, 32, device=self.device)
+            return tuple(self.client_part(probe).shape[1:])
+
+    def state_dict(self, part: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        module = self.model if part is None else part
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _load_test_set(self) -> None:
+        """Centralized evaluation needs the test split on the server (always in simulation)."""
+        try:
+            test = cached_dataset(self.config.dataset, "test", self.config.data_dir or None, self.config.seed)
+        except (DataError, ValueError) as err:
+            log.warning("Centralized evaluation off: the server has no test split (%s)", err)
+            return
+        if self.config.eval_samples:
+            pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(self.config.seed))
+            test = test.subset(pick[: self.config.eval_samples * 4])
+        self.test_set = test
+
+    def _resume(self) -> None:
+        checkpoint = self.store.load_checkpoint()
+        if checkpoint is None:
+            return
+        saved = checkpoint.get("config", {})
+        for key in ("exchange", "model", "dataset", "cut-layer"):
+            if saved.get(key) != self.config.to_dict()[key]:
+                raise ConfigError(
+                    f"run-name={self.config.run_name!r} already holds a checkpoint with "
+                    f"{key}={saved.get(key)!r}, not {self.config.to_dict()[key]!r}; "
+                    "use another run-name (nothing was overwritten)"
+                )
+        self.model.load_state_dict(checkpoint["model"])
+        if self.optimizer is not None and checkpoint.get("optimizer"):
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.buffer = list(checkpoint.get("buffer", []))
+        self.start_round = int(checkpoint["round"]) + 1
+        self.samples_saved = bool(checkpoint.get("samples_saved", False))
+        log.info("Resuming run %r after round %d", self.config.run_name, checkpoint["round"])
+
+    # -- training --------------------------------------------------------------------------
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def train_on_uploads(self, uploads: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """Add obfuscated uploads to the buffer and train ``server-steps`` on the buffer."""
+        for images, labels in uploads:
+            self.buffer.append((torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())))
+        if not self.samples_saved and uploads:
+            self.store.save_samples(torch.from_numpy(uploads[0][0][:32].copy()))
+            self.samples_saved = True
+        images = torch.cat([b[0] for b in self.buffer])[-BUFFER_LIMIT:]
+        labels = torch.cat([b[1] for b in self.buffer])[-BUFFER_LIMIT:]
+        losses = train_steps(
+            self.model, images, labels, self.optimizer,
+            self.config.server_steps, self.config.server_batch_size, None, self.device,
+        )
+        return sum(losses) / len(losses)
+
+    def train_top(self, activations: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One pass of the server layers over uploaded activations; the gradient at the cut.
+
+        Minibatches of ``server-batch-size`` in random order, one optimizer step each; the
+        gradient of each minibatch's mean loss w.r.t. its activations is returned for all rows.
+        """
+        top = self.server_part.train()
+        acts = activations.to(self.device).requires_grad_(True)
+        labels = labels.to(self.device)
+        order = torch.randperm(len(labels))
+        losses = []
+        for index in order.split(self.config.server_batch_size):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(top(acts[index]), labels[index])
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss))
+        return acts.grad.detach().cpu(), sum(losses) / len(losses)
+
+    def evaluate_central(self) -> dict[str, float]:
+        """Accuracy and loss on the server's test split, obfuscated like the training data.
+
+        Not available in split learning: the server holds only the top of the model.
+        """
+        if self.test_set is None or self.config.exchange == "activations":
+            return {}
+        accuracy, loss = evaluate(self.model, self.test_set.images, self.test_set.labels, self.mixer, device=self.device)
+        return {"central-accuracy": accuracy, "central-loss": loss}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def finish_round(self, server_round: int, row: dict) -> None:
+        self.store.append_metrics(row)
+        self.store.save_checkpoint(
+            {
+                "round": server_round,
+                "config": self.config.to_dict(),
+                "model": self.state_dict(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "buffer": self.buffer,
+                "samples_saved": self.samples_saved,
+            }
+        )
+
+    def finish(self, status: str, message: str, started: float) -> dict:
+        rows = self.store.read_metrics()
+        completed = [r for r in rows if r.get("status") == "completed"]
+        summary = {
+            "status": status,
+            "message": message,
+            "rounds_completed": len(completed),
+            "last": completed[-1] if completed else None,
+            "seconds_this_session": round(time.time() - started, 1),
+        }
+        self.store.write_json("summary.json", summary)
+        self.store.save_model(self.state_dict())
+        return summary
