@@ -51,6 +51,7 @@ def upload_activations(msg: Message, context: Context) -> Message:
     client_part, optimizer = _restore(context, msg.content["arrays"], node)
     server_round = int(msg.content["config"]["server-round"])
     activations, labels, metrics = node.client_forward(client_part, server_round)
+    _save(context, client_part, optimizer)  # first round: keep the layers it started from
     arrays = ArrayRecord(
         {"activations": Array(activations.numpy()), "labels": Array(labels.numpy())}
     )

@@ -158,7 +158,7 @@ class ServerTrainer:
             loss = torch.nn.functional.cross_entropy(top(acts[index]), labels[index])
             loss.backward()
             self.optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return acts.grad.detach().cpu(), sum(losses) / len(losses)
 
     def evaluate_central(self) -> dict[str, float]:

@@ -1,0 +1,57 @@
+"""In-process stand-ins for Flower's runtime: the real ClientApp and ServerApp code runs,
+messages go through a fake Grid instead of a SuperLink (no Ray, no processes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.client_app import app as client_app
+
+
+def set_identity() -> None:
+    """Messages built outside a run need a run id (Flower reads it from the process)."""
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+
+
+class FakeGrid:
+    """Routes every message to the ClientApp of its node, each node with its own Context."""
+
+    def __init__(
+        self,
+        run_config: dict,
+        num_nodes: int = 2,
+        tamper: dict[int, Callable[[Message], Message | None]] | None = None,
+    ) -> None:
+        set_identity()
+        self.contexts = {
+            node: Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": node - 1, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for node in range(1, num_nodes + 1)
+        }
+        self.tamper = tamper or {}
+        self.sent: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            reply = client_app(msg, self.contexts[node])
+            if node in self.tamper:
+                reply = self.tamper[node](msg, reply)
+            if reply is not None:  # None = the node timed out
+                replies.append(reply)
+        return replies
