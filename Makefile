@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export FLWR_TELEMETRY_ENABLED = 0
 
-.PHONY: run test test-fast test-slow bench clean
+.PHONY: run demo test test-fast test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: a Flower simulation (4 clients) on the embedded `shapes` data, offline.
+# FLWR_HOME stays inside the project so a user's own ~/.flwr is left alone.
 run: $(STAMP)
+	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m simulations.flwr_run --num-supernodes 4 \
+		--run-config "output-dir='$(CURDIR)/outputs'"
+
+demo: $(STAMP)
 	$(PY) -m simulations.demo --out outputs/demo
 
 test: $(STAMP)

@@ -4,8 +4,8 @@ Both models are ``nn.Sequential`` of stages, so the first ``cut`` stages can run
 client and the rest on the server (:func:`split_model`). Neither uses BatchNorm, so Opacus
 DP-SGD can train the same architecture (GroupNorm instead).
 
-* ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-GroupNorm-ReLU-maxpool) and a
-  2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
+* ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-ReLU-maxpool, no normalisation)
+  and a 2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
   Default cut 1: the client runs the first conv stage and sends (32, 16, 16) activations.
 * ``resnet18-gn``: ResNet-18 for 32x32 (3x3 stem, no max-pool) with GroupNorm; 11M
   parameters. Default cut 1: the client runs the stem and sends (64, 32, 32) activations.
@@ -21,9 +21,10 @@ DEFAULT_CUT = {"small-cnn": 1, "resnet18-gn": 1}
 
 
 def _conv_stage(cin: int, cout: int) -> nn.Sequential:
+    # No normalisation layer: on obfuscated inputs GroupNorm kept the small CNN on its
+    # initial loss plateau several times longer (measured on `shapes`, batch 32, Adam 1e-3).
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.GroupNorm(8, cout),
+        nn.Conv2d(cin, cout, 3, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )

@@ -36,13 +36,13 @@ class RunConfig:
     data_dir: str = ""
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
-    num_server_rounds: int = 4
-    local_steps: int = 30
-    batch_size: int = 32
+    num_server_rounds: int = 8
+    local_steps: int = 60
+    batch_size: int = 64
     upload_samples: int = 256
     server_steps: int = 40
     server_batch_size: int = 64
-    learning_rate: float = 0.001
+    learning_rate: float = 0.002
     optimizer: str = "adam"
     model: str = "small-cnn"
     cut_layer: int = 1
