@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from common.run_config import ConfigError, parse_run_config
 from server.server_app import main as server_main
-from tests.flower_fakes import FakeGrid
+from simulations.inprocess import FakeGrid
 
 FAST = {
     "num-server-rounds": 2,

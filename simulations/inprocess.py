@@ -1,8 +1,10 @@
-"""In-process stand-ins for Flower's runtime: the real ClientApp and ServerApp code runs,
-messages go through a fake Grid instead of a SuperLink (no Ray, no processes)."""
+"""In-process stand-ins for Flower's runtime, for tests and benchmarks: the real ClientApp and
+ServerApp code runs, but messages go through a fake Grid instead of a SuperLink (no Ray, no
+processes), one node after the other."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from flwr.app import Context, Message, RecordDict
@@ -40,6 +42,7 @@ class FakeGrid:
         }
         self.tamper = tamper or {}
         self.sent: list[Message] = []
+        self.client_seconds = 0.0  # time spent inside ClientApp handlers
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -49,7 +52,9 @@ class FakeGrid:
         for msg in messages:
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
+            start = time.perf_counter()
             reply = client_app(msg, self.contexts[node])
+            self.client_seconds += time.perf_counter() - start
             if node in self.tamper:
                 reply = self.tamper[node](msg, reply)
             if reply is not None:  # None = the node timed out
