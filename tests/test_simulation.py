@@ -1,0 +1,62 @@
+"""End to end through Flower's Simulation runtime: `flwr run .` (Ray) on `shapes`, each
+exchange mode for two small rounds, status checked with `flwr list` (marked `deployment`,
+like the other tests that start Flower processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_deployment import ROOT, flwr_env, free_port
+
+pytestmark = pytest.mark.deployment
+
+
+def superlink_pids(port: int) -> list[int]:
+    """The background flower-superlink that `flwr run` started on ``port``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"flower-superlink" in part for part in cmdline) and str(port).encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def simulation_env(tmp_path_factory):
+    env = flwr_env(tmp_path_factory.mktemp("flwr-sim-home"))
+    port = free_port()
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    yield env
+    for pid in superlink_pids(port):
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("exchange", ["weights", "images", "activations"])
+def test_flwr_run_simulation(simulation_env, tmp_path, exchange):
+    overrides = (
+        f"exchange='{exchange}' num-server-rounds=2 local-steps=3 upload-samples=32 server-steps=3 "
+        f"eval-samples=40 output-dir='{tmp_path}' run-name='{exchange}'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--run-config", overrides],
+        cwd=ROOT, env=simulation_env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "finished:completed" in result.stdout
+    rows = [json.loads(l) for l in (tmp_path / exchange / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["replies"] == 2 and r["vfe-sent"] >= 0.8 for r in rows)
+    assert json.loads((tmp_path / exchange / "summary.json").read_text())["status"] == "completed"
