@@ -1,6 +1,6 @@
 """End to end through Flower's Simulation runtime: `flwr run .` (Ray) on `shapes`, each
 exchange mode for two small rounds, status checked with `flwr list` (marked `deployment`,
-like the other tests that start Flower processes)."""
+and `slow`: Ray start-up makes it the longest test; run it with `make test-slow`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_deployment import ROOT, flwr_env, free_port
 
-pytestmark = pytest.mark.deployment
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 
 def superlink_pids(port: int) -> list[int]:
