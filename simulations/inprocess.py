@@ -43,6 +43,7 @@ class FakeGrid:
         self.tamper = tamper or {}
         self.sent: list[Message] = []
         self.client_seconds = 0.0  # time spent inside ClientApp handlers
+        self.received: list[Message] = []  # every reply that reached the server
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -59,4 +60,5 @@ class FakeGrid:
                 reply = self.tamper[node](msg, reply)
             if reply is not None:  # None = the node timed out
                 replies.append(reply)
+                self.received.append(reply)
         return replies
