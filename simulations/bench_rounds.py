@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Warm-up: the first run in a process loads the data set and allocates; not measured.
+    measure("weights", "none", argparse.Namespace(**{**vars(args), "rounds": 1}))
     for exchange in ("images", "activations", "weights"):
         base = measure(exchange, "none", args)
         mixed = measure(exchange, "visualmixer", args)
