@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--federation-config", f"num-supernodes={args.num_supernodes} client-resources-num-cpus=1"]
     if args.run_config:
         command += ["--run-config", args.run_config]
-    run_id = json.loads(flwr(*command, "--format", "json"))["run-id"]
+    submitted = json.loads(flwr(*command, "--format", "json"))
+    if "run-id" not in submitted:
+        raise SystemExit(f"flwr run did not start a run: {submitted.get('error-message', submitted)}")
+    run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.federation] if args.federation else []
     try:

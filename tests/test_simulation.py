@@ -1,6 +1,6 @@
 """End to end through Flower's Simulation runtime: `flwr run .` (Ray) on `shapes`, each
 exchange mode for two small rounds, status checked with `flwr list` (marked `deployment`,
-and `slow`: Ray start-up makes it the longest test; run it with `make test-slow`)."""
+like the other tests that start Flower processes)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_deployment import ROOT, flwr_env, free_port
 
-pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+pytestmark = pytest.mark.deployment
 
 
 def superlink_pids(port: int) -> list[int]:
