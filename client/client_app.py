@@ -8,6 +8,10 @@ Message types (the server drives every round):
 * ``train.apply_gradients``   split learning: the gradient at the cut -> update client layers
 * ``evaluate``                federated evaluation on the client's held-out split
 
+Under DP-SGD each node's privacy ledger (every step's noise multiplier and sample rate) is
+kept in ``context.state`` and restored every round, so the reported epsilon is the node's
+total so far, not one round's.
+
 Originals never leave this process: everything uploaded is computed from
 ``VisualMixer(images)`` when ``defense = "visualmixer"``. In split learning the client
 layers and their optimizer state live in ``context.state`` across rounds; the forward pass
@@ -24,6 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.node import Node
+from common.dp import PrivacyLedger
 
 app = ClientApp()
 
@@ -32,7 +37,9 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     state = msg.content["arrays"].to_torch_state_dict()
-    new_state, metrics = node.train_weights(state)
+    ledger = _ledger(context)
+    new_state, metrics = node.train_weights(state, ledger)
+    _save_ledger(context, ledger)
     content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
@@ -64,8 +71,10 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     client_part, optimizer = _restore(context, None, node)
     gradient = torch.from_numpy(msg.content["arrays"]["gradients"].numpy())
     server_round = int(msg.content["config"]["server-round"])
-    metrics = node.client_backward(client_part, optimizer, server_round, gradient)
+    ledger = _ledger(context)
+    metrics = node.client_backward(client_part, optimizer, server_round, gradient, ledger)
     _save(context, client_part, optimizer)
+    _save_ledger(context, ledger)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -105,4 +114,13 @@ def _save(context: Context, client_part: torch.nn.Module, optimizer: torch.optim
     context.state["client-optimizer"] = ConfigRecord({"state": buffer.getvalue()})
 
 
+def _ledger(context: Context) -> PrivacyLedger:
+    """This node's DP-SGD history so far (empty on its first round)."""
+    if "dp-ledger" in context.state:
+        return PrivacyLedger.from_lists(context.state["dp-ledger"])
+    return PrivacyLedger()
 
+
+def _save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+    if ledger.history:  # Flower records cannot hold an empty list of unknown type
+        context.state["dp-ledger"] = ConfigRecord(ledger.to_lists())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from common.data import ImageSet, client_partition
+from common.dp import PrivacyLedger, PrivateTraining, noise_multiplier_for, poisson_batches
 from common.models import build_model, split_model
 from common.run_config import RunConfig, parse_run_config
 from common.training import (
@@ -19,6 +20,7 @@ from common.training import (
     make_optimizer,
     resolve_device,
     to_model_input,
+    train_on_batches,
     train_steps,
 )
 from common.visualmixer import VisualMixer
@@ -59,7 +61,7 @@ class Node:
 
     # -- helpers -----------------------------------------------------------------------
     def mixer(self, seed: int | None = None) -> RecordingMixer | None:
-        if self.config.defense != "visualmixer":
+        if not self.config.uses_visualmixer:
             return None
         return RecordingMixer(
             VisualMixer(self.config.target_vfe, region_size=self.config.region_size, seed=seed)
@@ -72,28 +74,81 @@ class Node:
         return model.to(self.device)
 
     def _batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """This round's upload sample: indices drawn from a per-(round, node) seed."""
+        """This round's upload sample: indices drawn from a per-(round, node) seed.
+
+        Under DP-SGD the sample is Poisson (each image kept with probability
+        q = upload-samples / N), as the accounting assumes.
+        """
         seed = round_seed(self.config.seed, server_round, self.partition_id)
-        count = self.config.upload_samples or len(self.train_set)
         generator = torch.Generator().manual_seed(seed)
-        index = torch.randperm(len(self.train_set), generator=generator)[:count]
+        if self.config.uses_dp:
+            index = next(poisson_batches(len(self.train_set), self.split_sample_rate, 1, generator))
+        else:
+            count = self.config.upload_samples or len(self.train_set)
+            index = torch.randperm(len(self.train_set), generator=generator)[:count]
         return self.train_set.images[index], self.train_set.labels[index], seed
+
+    # -- DP-SGD --------------------------------------------------------------------------
+    @property
+    def split_sample_rate(self) -> float:
+        return min(1.0, (self.config.upload_samples or len(self.train_set)) / len(self.train_set))
+
+    def dp_sigma(self, sample_rate: float, steps_per_round: int) -> float:
+        """The configured noise multiplier, or the one that makes the planned rounds spend
+        exactly the budget (chosen up front for the whole run)."""
+        if self.config.noise_multiplier > 0:
+            return self.config.noise_multiplier
+        total = self.config.num_server_rounds * steps_per_round
+        return noise_multiplier_for(self.config.target_epsilon, self.config.delta, sample_rate, total)
+
+    def budget_spent(self, ledger: PrivacyLedger, sigma: float, sample_rate: float, steps: int) -> dict | None:
+        """``None`` when ``steps`` more steps fit the budget, else the metrics that say why not."""
+        if ledger.after(sigma, sample_rate, steps).epsilon(self.config.delta) <= self.config.target_epsilon:
+            return None
+        return {"dp-budget-spent": 1, **self.dp_metrics(ledger, sigma)}
+
+    def dp_metrics(self, ledger: PrivacyLedger, sigma: float) -> dict:
+        return {
+            "epsilon": ledger.epsilon(self.config.delta),
+            "dp-steps": ledger.steps,
+            "noise-multiplier": sigma,
+        }
 
     @staticmethod
     def _vfe(mixer: RecordingMixer | None) -> dict[str, float]:
         return {} if mixer is None else {"vfe": mixer.mean_vfe}
 
     # -- exchange = weights --------------------------------------------------------------
-    def train_weights(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    def train_weights(
+        self, state: dict[str, torch.Tensor], ledger: PrivacyLedger | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """Local training from the global ``state``; DP-SGD (recorded in ``ledger``) when
+        the defense includes it."""
         model = self.model(state)
         optimizer = make_optimizer(self.config.optimizer, model.parameters(), self.config.learning_rate)
         mixer = self.mixer()
-        losses = train_steps(
-            model, self.train_set.images, self.train_set.labels, optimizer,
-            self.config.local_steps, self.config.batch_size, mixer, self.device,
-        )
-        metrics = {"num-examples": len(self.train_set), "train-loss": sum(losses) / len(losses)}
-        return {k: v.cpu() for k, v in model.state_dict().items()}, {**metrics, **self._vfe(mixer)}
+        images, labels = self.train_set.images, self.train_set.labels
+        steps = self.config.local_steps
+        extra: dict = {}
+        if self.config.uses_dp:
+            ledger = ledger if ledger is not None else PrivacyLedger()
+            q = min(1.0, self.config.batch_size / len(labels))
+            sigma = self.dp_sigma(q, steps)
+            if (spent := self.budget_spent(ledger, sigma, q, steps)) is not None:
+                return {k: v.cpu() for k, v in state.items()}, {"num-examples": len(labels), **spent}
+            private = PrivateTraining(
+                model, optimizer, sigma=sigma, max_grad_norm=self.config.max_grad_norm,
+                expected_batch_size=self.config.batch_size, sample_rate=q, ledger=ledger,
+            )
+            batches = poisson_batches(len(labels), q, steps)
+            losses = train_on_batches(private.module, images, labels, private.optimizer, batches, mixer, self.device)
+            new_state = private.state_dict()
+            extra = self.dp_metrics(ledger, sigma)
+        else:
+            losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, mixer, self.device)
+            new_state = {k: v.cpu() for k, v in model.state_dict().items()}
+        metrics = {"num-examples": len(labels), "train-loss": sum(losses) / max(1, len(losses))}
+        return new_state, {**metrics, **self._vfe(mixer), **extra}
 
     # -- exchange = images ---------------------------------------------------------------
     def obfuscated_upload(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -125,8 +180,26 @@ class Node:
             activations = client_part(x).float().cpu()
         return activations, labels, {"num-examples": len(labels), **self._vfe(mixer)}
 
-    def client_backward(self, client_part, optimizer, server_round: int, gradient: torch.Tensor) -> dict:
+    def client_backward(
+        self, client_part, optimizer, server_round: int, gradient: torch.Tensor,
+        ledger: PrivacyLedger | None = None,
+    ) -> dict:
+        """Apply the server's gradient at the cut to the client layers (one DP-SGD step,
+        recorded in ``ledger``, when the defense includes it)."""
         x, labels, _ = self._split_input(server_round)
+        extra: dict = {}
+        if self.config.uses_dp:
+            ledger = ledger if ledger is not None else PrivacyLedger()
+            q = self.split_sample_rate
+            sigma = self.dp_sigma(q, 1)
+            if (spent := self.budget_spent(ledger, sigma, q, 1)) is not None:
+                return {"num-examples": len(labels), **spent}
+            expected = self.config.upload_samples or len(self.train_set)
+            private = PrivateTraining(
+                client_part, optimizer, sigma=sigma, max_grad_norm=self.config.max_grad_norm,
+                expected_batch_size=expected, sample_rate=q, ledger=ledger,
+            )
+            client_part, optimizer = private.module, private.optimizer
         client_part.train()
         activations = client_part(x)
         if gradient.shape != activations.shape:
@@ -137,7 +210,9 @@ class Node:
         optimizer.zero_grad(set_to_none=True)
         activations.backward(gradient.to(self.device, activations.dtype))
         optimizer.step()
-        return {"num-examples": len(labels)}
+        if self.config.uses_dp:
+            extra = self.dp_metrics(ledger, sigma)
+        return {"num-examples": len(labels), **extra}
 
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate(self, model: torch.nn.Module) -> dict:

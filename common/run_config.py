@@ -18,8 +18,7 @@ from .training import OPTIMIZERS
 from .visualmixer._checks import MAX_TARGET_VFE
 
 EXCHANGES = ("images", "activations", "weights")
-# DP-SGD arms arrive with a later milestone; the switch is kept open for them.
-DEFENSES = ("none", "visualmixer")
+DEFENSES = ("none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd")
 PARTITIONINGS = ("iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg")
 
@@ -57,6 +56,18 @@ class RunConfig:
     output_dir: str = "outputs"
     run_name: str = "default"
     device: str = "auto"
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0
+
+    @property
+    def uses_visualmixer(self) -> bool:
+        return "visualmixer" in self.defense.split("+")
+
+    @property
+    def uses_dp(self) -> bool:
+        return "dp-sgd" in self.defense.split("+")
 
     def to_dict(self) -> dict[str, Any]:
         """The config with Flower's dashed key names."""
@@ -88,6 +99,12 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     g = merged.get
     exchange = _choice("exchange", g("exchange"), EXCHANGES)
     defense = _choice("defense", g("defense"), DEFENSES)
+    if "dp-sgd" in defense and exchange == "images":
+        raise ConfigError(
+            f"run-config defense={defense!r} with exchange='images' is refused: DP-SGD noises "
+            "gradients, it does not hide uploaded images (use defense 'visualmixer', or "
+            "exchange 'weights' or 'activations' for DP-SGD)"
+        )
     model = _choice("model", g("model"), MODELS)
     region_size = _number("region-size", g("region-size"), int, 2)
     if region_size & (region_size - 1) or 32 % region_size:
@@ -133,4 +150,8 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         output_dir=g("output-dir"),
         run_name=g("run-name"),
         device=device,
+        target_epsilon=_number("target-epsilon", g("target-epsilon"), float, 1e-3),
+        delta=_number("delta", g("delta"), float, 1e-12, 0.1),
+        max_grad_norm=_number("max-grad-norm", g("max-grad-norm"), float, 1e-6),
+        noise_multiplier=_number("noise-multiplier", g("noise-multiplier"), float, 0.0),
     )

@@ -65,10 +65,28 @@ def train_steps(
     generator: torch.Generator | None = None,
 ) -> list[float]:
     """``steps`` SGD steps on random batches (with replacement across steps); the losses."""
+    size = min(batch_size, len(labels))
+    batches = (torch.randint(0, len(labels), (size,), generator=generator) for _ in range(steps))
+    return train_on_batches(model, images, labels, optimizer, batches, mixer, device)
+
+
+def train_on_batches(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[torch.Tensor],
+    mixer: Mixer | None = None,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """One optimizer step per batch of indices (e.g. Poisson batches for DP-SGD); the losses."""
     model.train()
     losses = []
-    for _ in range(steps):
-        index = torch.randint(0, len(labels), (min(batch_size, len(labels)),), generator=generator)
+    for index in batches:
+        if len(index) == 0:
+            # A Poisson batch can be empty (probability (1-q)^N, ~e^-64 at the defaults);
+            # no step is taken and none is accounted.
+            continue
         x = images[index].to(device, non_blocking=True)
         if mixer is not None:
             x = mixer(x)

@@ -203,6 +203,11 @@ def weights_round(grid, config, trainer, strategy, server_round, traffic) -> dic
         check_weights({k: a.numpy() for k, a in records["arrays"].items()}, reference)
         metrics = _metrics(reply)
         check_num_examples(metrics)
+        if metrics.get("dp-budget-spent"):
+            raise PayloadError(
+                f"privacy budget spent (epsilon {float(metrics['epsilon']):.3f}, next round would "
+                f"exceed target-epsilon={config.target_epsilon}); not aggregated"
+            )
         return metrics
 
     kept = accepted(replies, check, config, "weights")
@@ -210,7 +215,19 @@ def weights_round(grid, config, trainer, strategy, server_round, traffic) -> dic
     if arrays is None:
         raise RoundFailed("the strategy returned no aggregate")
     trainer.set_weights(arrays.to_torch_state_dict())
-    return _client_train_metrics(kept)
+    return {**_client_train_metrics(kept), **_privacy([(r.metadata.src_node_id, m) for r, m in kept])}
+
+
+def _privacy(replies: list[tuple[int, dict]]) -> dict:
+    """Each node's total epsilon so far (DP-SGD arms only)."""
+    per_node = {str(node): float(m["epsilon"]) for node, m in replies if "epsilon" in m}
+    if not per_node:
+        return {}
+    row = {"epsilon-max": max(per_node.values()), "epsilon-per-node": per_node}
+    spent = [node for node, m in replies if m.get("dp-budget-spent")]
+    if spent:
+        row["dp-budget-spent-nodes"] = len(spent)
+    return row
 
 
 def _client_train_metrics(kept) -> dict:
@@ -249,7 +266,7 @@ def activations_round(grid, config, trainer, server_round, traffic) -> dict:
     init = ArrayRecord({k: Array(v.numpy()) for k, v in trainer.state_dict(trainer.client_part).items()})
     replies = exchange(grid, _messages(grid, config, "query.activations", init, server_round), config, traffic)
     shape = trainer.activation_shape()
-    limit = config.upload_samples or 10**9
+    limit = upload_limit(config)
 
     def check(reply: Message):
         arrays = {k: a.numpy() for k, a in reply.content["arrays"].items()}
@@ -275,9 +292,26 @@ def activations_round(grid, config, trainer, server_round, traffic) -> dict:
             )
         )
     acks = exchange(grid, downs, config, traffic)
+    ack_metrics = []
+    for ack in acks:
+        try:
+            ack_metrics.append((ack.metadata.src_node_id, _metrics(ack)))
+        except PayloadError as err:
+            log.warning("Rejected gradient acknowledgement from node %d: %s", ack.metadata.src_node_id, err)
     row = _client_train_metrics([(r, m) for r, (_, _, m) in kept])
     row.pop("train-loss", None)
-    return {**row, "train-loss": loss, "gradients-applied": len(acks)}
+    applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
+    return {**row, "train-loss": loss, "gradients-applied": applied, **_privacy(ack_metrics)}
+
+
+def upload_limit(config: RunConfig) -> int:
+    """Most samples one node may send per round. Under DP-SGD the client's batch is Poisson
+    with mean ``upload-samples``, so the cap sits 6 standard deviations above it."""
+    if not config.upload_samples:
+        return 10**9
+    if config.uses_dp:
+        return int(config.upload_samples + 6 * config.upload_samples**0.5) + 1
+    return config.upload_samples
 
 
 # -- federated evaluation ------------------------------------------------------------------
@@ -307,7 +341,7 @@ def federated_evaluate(grid, config, trainer, server_round, traffic) -> dict:
 
 
 def _progress(row: dict) -> str:
-    keys = ("train-loss", "federated-accuracy", "central-accuracy", "vfe-sent", "bytes-up", "seconds")
+    keys = ("train-loss", "federated-accuracy", "central-accuracy", "vfe-sent", "epsilon-max", "bytes-up", "seconds")
     parts = []
     for key in keys:
         if key in row:
