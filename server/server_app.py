@@ -224,6 +224,9 @@ def _privacy(replies: list[tuple[int, dict]]) -> dict:
     if not per_node:
         return {}
     row = {"epsilon-max": max(per_node.values()), "epsilon-per-node": per_node}
+    sigmas = [float(m["noise-multiplier"]) for _, m in replies if "noise-multiplier" in m]
+    if sigmas:
+        row["noise-multiplier-min"] = min(sigmas)
     spent = [node for node, m in replies if m.get("dp-budget-spent")]
     if spent:
         row["dp-budget-spent-nodes"] = len(spent)

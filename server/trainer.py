@@ -60,7 +60,7 @@ class ServerTrainer:
         self.store = RunStore(cfg.output_dir, cfg.run_name)
         self.mixer = (
             VisualMixer(cfg.target_vfe, region_size=cfg.region_size)
-            if cfg.defense == "visualmixer"
+            if cfg.uses_visualmixer
             else None
         )
         self._load_test_set()
