@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--federation", default=None, help="SuperLink connection in config.toml")
     parser.add_argument("--num-supernodes", type=int, default=4)
     parser.add_argument("--run-config", default="")
-    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds before the run is stopped")
     args = parser.parse_args(argv)
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -54,17 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.federation] if args.federation else []
+    deadline = time.time() + args.timeout
     try:
         flwr("log", str(run_id), *target, capture=False, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         print(f"run {run_id} still going after {args.timeout:.0f} s", file=sys.stderr)
-    deadline = time.time() + 60
+    # The log stream can end before the run does (e.g. while the simulation is still
+    # starting), so the status decides, polled until the run finishes or the timeout.
     while True:
         runs = json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"]
         status = runs[0]["status"]
         if status.startswith("finished") or time.time() > deadline:
             break
         time.sleep(2)
+    if not status.startswith("finished"):
+        # Do not leave it running beside whatever the caller starts next.
+        flwr("stop", str(run_id), *target)
+        print(f"run {run_id}: {status} after {args.timeout:.0f} s; stopped it", file=sys.stderr)
+        status = f"stopped ({status})"
     print(f"run {run_id}: {status}")
     return 0 if status == "finished:completed" else 1
 

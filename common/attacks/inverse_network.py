@@ -64,6 +64,12 @@ def fit_decoder(
     """
     decoder.to(device).train()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    with torch.enable_grad():  # callers may hold a no_grad context for inference
+        _fit(decoder, encode, public_images, optimizer, steps, batch_size, device, generator, progress)
+    return decoder.eval()
+
+
+def _fit(decoder, encode, public_images, optimizer, steps, batch_size, device, generator, progress) -> None:
     for step in range(steps):
         index = torch.randint(0, len(public_images), (min(batch_size, len(public_images)),), generator=generator)
         clean = public_images[index].to(device)
@@ -77,7 +83,6 @@ def fit_decoder(
         optimizer.step()
         if progress is not None:
             progress(step)
-    return decoder.eval()
 
 
 def train_inverse_network(

@@ -1,0 +1,313 @@
+"""VisualMixer against DP-SGD, per exchange mode: accuracy, time, and attacks actually run.
+
+    python -m simulations.compare --preset quick --dataset folder --data-dir /tmp/cifar --out DIR
+    python -m simulations.compare --preset quick --out DIR          # embedded `shapes`
+
+1. Data: the victims' images (clients' training data and the test split) are written to
+   ``DIR/data`` as an ImageFolder tree; a disjoint public set is kept for the attacker.
+2. Training: one ``flwr run .`` (Flower's Simulation runtime, the app users run) per arm:
+   defense in {none, visualmixer at three target VFEs, dp-sgd at epsilon 1, 3, 8,
+   visualmixer+dp-sgd at epsilon 8} x exchange in {images, activations, weights}, less
+   dp-sgd with images (refused by the app). Runs land in ``DIR/runs/<arm>``; an arm whose
+   run already completed is not run again.
+3. Attacks (:mod:`simulations.compare_attacks`) on each trained arm, on test images, in a
+   second process that overlaps the training of the next arms.
+4. Report (:mod:`simulations.compare_report`): ``results.csv``, ``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from common.data import DATASETS, ImageSet, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+EXCHANGES = ("images", "activations", "weights")
+TARGETS = (0.5, 0.8, 1.0)
+EPSILONS = (1.0, 3.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Preset:
+    clients: int
+    rounds: int
+    victim_train: int  # images shared out between the clients (0 = all not kept public)
+    test: int  # test images (0 = all)
+    public: int  # the attacker's own labelled images, disjoint from the victims'
+    local_steps: int
+    batch_size: int
+    upload_samples: int
+    server_steps: int
+    learning_rate: float
+    attack_victims: int  # test images every attack is scored on
+    recogniser_steps: int
+    inverse_steps: int
+    decoder_steps: int
+    inversion_steps: int
+    inversion_batches: int
+    inversion_batch_size: int
+    arm_timeout: int  # seconds before a stuck run is stopped and retried
+
+
+PRESETS = {
+    # 2 CPU cores, well under 15 minutes: small CNN, few rounds, a CIFAR-10 subset.
+    "quick": Preset(
+        clients=2, rounds=4, victim_train=4000, test=1000, public=5000, local_steps=25,
+        batch_size=32, upload_samples=256, server_steps=25, learning_rate=0.002,
+        attack_victims=256, recogniser_steps=800, inverse_steps=250, decoder_steps=250,
+        inversion_steps=200, inversion_batches=4, inversion_batch_size=2, arm_timeout=300,
+    ),
+    # A GPU or a long run.
+    "full": Preset(
+        clients=4, rounds=20, victim_train=0, test=0, public=10000, local_steps=100,
+        batch_size=64, upload_samples=1024, server_steps=100, learning_rate=0.002,
+        attack_victims=1000, recogniser_steps=8000, inverse_steps=4000, decoder_steps=4000,
+        inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, arm_timeout=7200,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    exchange: str
+    defense: str  # the app's run-config value
+    target_vfe: float | None = None
+    epsilon: float | None = None
+
+    @property
+    def setting(self) -> str:
+        parts = []
+        if self.target_vfe is not None:
+            parts.append(f"vfe{self.target_vfe:g}")
+        if self.epsilon is not None:
+            parts.append(f"eps{self.epsilon:g}")
+        return "+".join(parts) or "-"
+
+    @property
+    def label(self) -> str:
+        """Defense and setting: the same label in every exchange mode."""
+        name = {"none": "none", "visualmixer": "vm", "dp-sgd": "dp", "visualmixer+dp-sgd": "vm+dp"}[self.defense]
+        return name if self.setting == "-" else f"{name}-{self.setting}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.exchange}-{self.label}"
+
+
+def matrix() -> list[Arm]:
+    """Every valid (exchange, defense, setting) arm; dp-sgd never with images."""
+    defenses = [Arm("", "none")]
+    defenses += [Arm("", "visualmixer", target_vfe=t) for t in TARGETS]
+    defenses += [Arm("", "dp-sgd", epsilon=e) for e in EPSILONS]
+    defenses += [Arm("", "visualmixer+dp-sgd", target_vfe=0.8, epsilon=8.0)]
+    return [
+        replace(d, exchange=x)
+        for x in EXCHANGES
+        for d in defenses
+        if not (x == "images" and "dp-sgd" in d.defense)
+    ]
+
+
+# -- data ---------------------------------------------------------------------------------
+def write_folder(images: ImageSet, folder: Path) -> None:
+    """An ImageFolder tree of PNGs; class folders numbered so their sorted order is the label."""
+    for i, name in enumerate(images.classes):
+        (folder / f"{i:03d}-{name}").mkdir(parents=True, exist_ok=True)
+    names = [f"{i:03d}-{n}" for i, n in enumerate(images.classes)]
+    for k, (image, label) in enumerate(zip(images.images, images.labels.tolist(), strict=True)):
+        Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy()).save(folder / names[label] / f"{k:06d}.png")
+
+
+def _split(train_size: int, preset: Preset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(public indices, victim indices) of the training split, disjoint."""
+    order = torch.randperm(train_size, generator=torch.Generator().manual_seed(seed))
+    if preset.public >= train_size:
+        raise SystemExit(f"the preset needs {preset.public} public images; the training split has {train_size}")
+    victims = order[preset.public :]
+    return order[: preset.public], victims[: preset.victim_train] if preset.victim_train else victims
+
+
+def _link_folder(files: list[tuple[str, int]], classes: list[str], folder: Path) -> None:
+    """An ImageFolder tree of symlinks to the chosen files (no decoding, no copies)."""
+    for k, (path, label) in enumerate(files):
+        target = folder / f"{label:03d}-{classes[label]}"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{k:06d}{Path(path).suffix}").symlink_to(Path(path).resolve())
+
+
+def prepare_data(dataset: str, data_dir: str | None, preset: Preset, out: Path, seed: int) -> tuple[Path, ImageSet]:
+    """Write the victims' data to ``out/data``; return its path and the attacker's public set.
+
+    An ImageFolder source is linked file by file, so only the images used are ever decoded;
+    other data sets are loaded and written out as PNGs.
+    """
+    folder, public_dir = out / "data", out / "data-public"
+    if not (folder / "done").exists():
+        for stale in (folder, public_dir):
+            if stale.exists():
+                shutil.rmtree(stale)
+        if dataset == "folder":
+            from torchvision.datasets import ImageFolder
+
+            root = Path(data_dir).expanduser()
+            try:
+                train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
+            except (FileNotFoundError, RuntimeError) as err:
+                raise SystemExit(f"--data-dir {str(root)!r}: need an ImageFolder tree with train/ and test/ ({err})") from err
+            public, victims = _split(len(train.samples), preset, seed)
+            test_order = torch.randperm(len(test.samples), generator=torch.Generator().manual_seed(seed + 1))
+            test_pick = test_order[: preset.test] if preset.test else test_order
+            _link_folder([train.samples[i] for i in victims.tolist()], train.classes, folder / "train")
+            _link_folder([test.samples[i] for i in test_pick.tolist()], test.classes, folder / "test")
+            _link_folder([train.samples[i] for i in public.tolist()], train.classes, public_dir / "train")
+        else:
+            train = load_dataset(dataset, "train", data_dir or None, seed=seed)
+            test = load_dataset(dataset, "test", data_dir or None, seed=seed)
+            public, victims = _split(len(train), preset, seed)
+            test_order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))
+            write_folder(train.subset(victims), folder / "train")
+            write_folder(test.subset(test_order[: preset.test] if preset.test else test_order), folder / "test")
+            write_folder(train.subset(public), public_dir / "train")
+        (folder / "done").write_text("ok\n")
+    return folder, load_dataset("folder", "train", public_dir)
+
+
+# -- training -----------------------------------------------------------------------------
+def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> str:
+    values = {
+        "exchange": arm.exchange, "defense": arm.defense, "dataset": "folder", "data-dir": str(data),
+        "num-server-rounds": preset.rounds, "local-steps": preset.local_steps,
+        "batch-size": preset.batch_size, "upload-samples": preset.upload_samples,
+        "server-steps": preset.server_steps, "learning-rate": preset.learning_rate,
+        "model": "small-cnn", "eval-samples": 250, "seed": seed,
+        "output-dir": str(runs), "run-name": arm.name,
+        "target-vfe": arm.target_vfe if arm.target_vfe is not None else 0.8,
+        "target-epsilon": arm.epsilon if arm.epsilon is not None else 8.0,
+    }
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
+
+
+def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attempts: int = 2) -> str:
+    """Run one arm with ``flwr run``; its final status.
+
+    A run that does not finish within ``preset.arm_timeout`` is stopped and tried again
+    (resuming from its checkpoint): the local SuperLink occasionally leaves a run pending.
+    """
+    summary = out / "runs" / arm.name / "summary.json"
+    if summary.exists() and json.loads(summary.read_text())["status"] == "completed":
+        return "completed"
+    log = out / "logs" / f"{arm.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", str(preset.clients),
+        "--timeout", str(preset.arm_timeout),
+        "--run-config", run_config(arm, preset, data, out / "runs", seed),
+    ]
+    status = "not run"
+    for attempt in range(1, attempts + 1):
+        with log.open("a") as handle:
+            handle.write(f"--- attempt {attempt} ---\n")
+            handle.flush()
+            result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        status = json.loads(summary.read_text())["status"] if summary.exists() else (
+            f"failed (flwr_run exit {result.returncode}; see {log})"
+        )
+        if status == "completed":
+            break
+        tqdm.write(f"[compare] {arm.name}: attempt {attempt} ended {status!r}")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--dataset", choices=DATASETS, default="shapes")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated subset")
+    parser.add_argument("--defenses", default="", help="comma-separated arm labels, e.g. none,vm-vfe0.8 (default: all)")
+    parser.add_argument("--rounds", type=int, default=0, help="override the preset's rounds")
+    parser.add_argument("--attack-scale", type=float, default=1.0, help="scale every attack's step count")
+    args = parser.parse_args(argv)
+
+    preset = PRESETS[args.preset]
+    if args.rounds:
+        preset = replace(preset, rounds=args.rounds)
+    if args.attack_scale != 1.0:
+        scaled = {k: max(1, int(getattr(preset, k) * args.attack_scale))
+                  for k in ("recogniser_steps", "inverse_steps", "decoder_steps", "inversion_steps")}
+        preset = replace(preset, **scaled)
+    exchanges = [x for x in args.exchanges.split(",") if x]
+    unknown = sorted(set(exchanges) - set(EXCHANGES))
+    if unknown:
+        parser.error(f"--exchanges {','.join(unknown)} unknown; choose from {','.join(EXCHANGES)}")
+    arms = [a for a in matrix() if a.exchange in exchanges]
+    if args.defenses:
+        wanted = set(args.defenses.split(","))
+        known = {a.label for a in matrix()}
+        if wanted - known:
+            parser.error(f"--defenses {','.join(sorted(wanted - known))} unknown; choose from {','.join(sorted(known))}")
+        arms = [a for a in arms if a.label in wanted]
+    for key, value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
+                       ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("FLWR_TELEMETRY_ENABLED", "0")):
+        os.environ.setdefault(key, value)
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    print(f"[compare] preset {args.preset}: {len(arms)} arms on {args.dataset} -> {out}", flush=True)
+    data, public = prepare_data(args.dataset, args.data_dir, preset, out, args.seed)
+
+    # The attack stage runs alongside in its own process (one thread): it trains the
+    # recogniser and inverse networks while the first arms train, then attacks each arm as
+    # soon as its run ends, using the time flwr spends starting and stopping runs.
+    status_dir = out / "status"
+    shutil.rmtree(status_dir, ignore_errors=True)
+    status_dir.mkdir()
+    from simulations.compare_attacks import attack_worker
+
+    worker = multiprocessing.get_context("spawn").Process(
+        target=attack_worker, args=(arms, preset, data, public, out, args.seed), name="attacks"
+    )
+    worker.start()
+    statuses = {}
+    bar = tqdm(arms, desc="training (flwr run)", unit="arm")
+    for arm in bar:
+        bar.set_postfix_str(arm.name)
+        statuses[arm.name] = train_arm(arm, preset, data, out, args.seed)
+        (status_dir / arm.name).write_text(statuses[arm.name])
+        if statuses[arm.name] != "completed":
+            tqdm.write(f"[compare] {arm.name}: {statuses[arm.name]}")
+    train_seconds = time.time() - started
+    worker.join()
+    if worker.exitcode != 0:
+        raise SystemExit(f"the attack stage failed (exit {worker.exitcode}); its traceback is above")
+    results = torch.load(out / "attacks.pt", weights_only=False)
+
+    from simulations.compare_report import write_report
+
+    command = "python -m simulations.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_report(results, arms, preset, out, command, {
+        "dataset": args.dataset, "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - started, 1), "preset": args.preset, **asdict(preset),
+    })
+    print(f"[compare] done in {time.time() - started:.0f} s: {out / 'report.md'}", flush=True)
+    return 0 if all(s == "completed" for s in statuses.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
