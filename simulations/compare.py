@@ -59,23 +59,26 @@ class Preset:
     inversion_steps: int
     inversion_batches: int
     inversion_batch_size: int
+    network_width: int  # channels of the attack U-Nets at full resolution
     arm_timeout: int  # seconds before a stuck run is stopped and retried
 
 
 PRESETS = {
     # 2 CPU cores, well under 15 minutes: small CNN, few rounds, a CIFAR-10 subset.
     "quick": Preset(
-        clients=2, rounds=4, victim_train=4000, test=1000, public=5000, local_steps=25,
+        clients=2, rounds=3, victim_train=4000, test=1000, public=5000, local_steps=25,
         batch_size=32, upload_samples=256, server_steps=25, learning_rate=0.002,
-        attack_victims=256, recogniser_steps=800, inverse_steps=250, decoder_steps=250,
-        inversion_steps=200, inversion_batches=4, inversion_batch_size=2, arm_timeout=300,
+        attack_victims=256, recogniser_steps=600, inverse_steps=250, decoder_steps=250,
+        inversion_steps=150, inversion_batches=4, inversion_batch_size=2, network_width=16,
+        arm_timeout=300,
     ),
     # A GPU or a long run.
     "full": Preset(
         clients=4, rounds=20, victim_train=0, test=0, public=10000, local_steps=100,
         batch_size=64, upload_samples=1024, server_steps=100, learning_rate=0.002,
         attack_victims=1000, recogniser_steps=8000, inverse_steps=4000, decoder_steps=4000,
-        inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, arm_timeout=7200,
+        inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, network_width=32,
+        arm_timeout=7200,
     ),
 }
 

@@ -17,6 +17,7 @@ recogniser labels best; the margin is the arm's test accuracy minus that.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class AttackStage:
             self._inverse[target] = train_inverse_network(
                 self.public.images, VisualMixer(target, region_size=REGION_SIZE),
                 steps=self.preset.inverse_steps, device=self.device, seed=self.seed,
+                width=self.preset.network_width,
             ).cpu()
         return self._inverse[target]
 
@@ -101,7 +103,7 @@ class AttackStage:
             mixer = None if target is None else VisualMixer(target, region_size=REGION_SIZE)
             self._decoders[key] = train_feature_decoder(
                 client_layers, self.public.images, mixer, steps=self.preset.decoder_steps,
-                device=self.device, seed=self.seed,
+                device=self.device, seed=self.seed, width=self.preset.network_width,
             ).cpu()
         return self._decoders[key]
 
@@ -158,9 +160,13 @@ def attack_worker(arms, preset, data: Path, public: ImageSet, out: Path, seed: i
     :mod:`simulations.compare` when the arm's run ends) and saves everything to attacks.pt."""
     torch.set_num_threads(1)  # the other core runs flwr
 
+    parent = multiprocessing.parent_process()
+
     def status_of(name: str) -> str:
         path = out / "status" / name
         while not path.exists():
+            if parent is not None and not parent.is_alive():
+                raise SystemExit("simulations.compare stopped; the attack stage stops too")
             time.sleep(1)
         return path.read_text()
 

@@ -5,7 +5,10 @@
 ``flwr run --stream`` exits 0 even when the run fails, so this submits the run, follows
 its log (per-round progress), then asks ``flwr list --format json`` for the final status
 and returns 0 only for ``finished:completed``. Without ``--federation`` it uses the managed
-local SuperLink (simulation) with ``--num-supernodes`` simulated clients.
+local SuperLink (simulation) with ``--num-supernodes`` simulated clients. A run still going
+after ``--timeout`` seconds, or still pending after ``--start-timeout``, is stopped with
+``flwr stop``; a managed local SuperLink that left a run pending is stopped too, so the
+next ``flwr run`` starts a fresh one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-supernodes", type=int, default=4)
     parser.add_argument("--run-config", default="")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the run is stopped")
+    parser.add_argument("--start-timeout", type=float, default=180, help="seconds a run may stay pending")
     args = parser.parse_args(argv)
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -54,26 +59,67 @@ def main(argv: list[str] | None = None) -> int:
     run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.federation] if args.federation else []
-    deadline = time.time() + args.timeout
-    try:
-        flwr("log", str(run_id), *target, capture=False, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        print(f"run {run_id} still going after {args.timeout:.0f} s", file=sys.stderr)
-    # The log stream can end before the run does (e.g. while the simulation is still
-    # starting), so the status decides, polled until the run finishes or the timeout.
-    while True:
-        runs = json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"]
-        status = runs[0]["status"]
-        if status.startswith("finished") or time.time() > deadline:
-            break
-        time.sleep(2)
-    if not status.startswith("finished"):
-        # Do not leave it running beside whatever the caller starts next.
-        flwr("stop", str(run_id), *target)
-        print(f"run {run_id}: {status} after {args.timeout:.0f} s; stopped it", file=sys.stderr)
-        status = f"stopped ({status})"
+    status = follow(run_id, target, args.timeout, args.start_timeout)
+    if status == "pending" and not args.federation:
+        # The managed local SuperLink sometimes stops launching runs (its SuperExec died,
+        # or "database is locked"); the documented workaround is to restart it. The next
+        # `flwr run` starts a fresh one.
+        stop_local_superlink()
     print(f"run {run_id}: {status}")
     return 0 if status == "finished:completed" else 1
+
+
+def run_status(run_id: int, target: list[str]) -> str:
+    return json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"][0]["status"]
+
+
+def follow(run_id: int, target: list[str], timeout: float, start_timeout: float) -> str:
+    """Stream the run's log until it finishes; stop it after ``timeout`` seconds, or after
+    ``start_timeout`` seconds still pending. Returns the last status seen."""
+    started = time.time()
+    log = subprocess.Popen([str(BIN / "flwr"), "log", str(run_id), *target], cwd=ROOT)
+    status = "pending"
+    try:
+        while True:
+            # The log stream can end before the run does, so the status decides. Each
+            # `flwr list` is a CLI start, so poll slowly while the log is still streaming,
+            # and at once when it ends (usually because the run finished).
+            if log.poll() is None:
+                try:
+                    log.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(2)
+            status = run_status(run_id, target)
+            waited = time.time() - started
+            if status.startswith("finished"):
+                return status
+            if waited > timeout or (status == "pending" and waited > start_timeout):
+                flwr("stop", str(run_id), *target)
+                print(f"run {run_id} still {status} after {waited:.0f} s: stopped it", file=sys.stderr)
+                return status
+    finally:
+        try:
+            log.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.terminate()
+
+
+def stop_local_superlink() -> None:
+    """Stop the managed local SuperLink of this FLWR_HOME (its processes, found by cmdline)."""
+    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
+    marker = str(home / "local-superlink").encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flower-superlink" in cmdline and marker in cmdline:
+            print(f"stopping the local SuperLink (pid {proc.name}) so the next run starts a fresh one", file=sys.stderr)
+            os.kill(int(proc.name), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def train_feature_decoder(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    width: int = 32,
 ) -> InverseUNet:
     """A decoder from cut-layer activations back to the original images.
 
@@ -41,7 +42,7 @@ def train_feature_decoder(
     with torch.no_grad():
         probe = encode(public_images[:2].to(device))
     upscale = public_images.shape[-1] // probe.shape[-1]
-    decoder = InverseUNet(probe.shape[1], public_images.shape[1], upscale=upscale)
+    decoder = InverseUNet(probe.shape[1], public_images.shape[1], width=width, upscale=upscale)
     return fit_decoder(
         decoder, encode, public_images, steps, batch_size, device=device,
         generator=generator, progress=progress,

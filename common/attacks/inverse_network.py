@@ -93,8 +93,10 @@ def train_inverse_network(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    width: int = 32,
 ) -> InverseUNet:
-    """A U-Net that maps obfuscated images back to their originals.
+    """A U-Net (``width`` channels at full resolution) that maps obfuscated images back to
+    their originals.
 
     Attacker knows: the algorithm and its settings (Kerckhoffs: ``mixer`` is the published
     VisualMixer at the victims' target VFE and region size), and public images of the same
@@ -105,7 +107,7 @@ def train_inverse_network(
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = InverseUNet(public_images.shape[1], public_images.shape[1])
+    net = InverseUNet(public_images.shape[1], public_images.shape[1], width=width)
     return fit_decoder(
         net, lambda x: as_unit(mixer(x)), public_images, steps, batch_size, device=device,
         generator=generator, progress=progress,

@@ -14,21 +14,30 @@ No value is created or changed, so every output region holds exactly the multise
 of its source region, and the uint8 path never leaves uint8.
 
 Drawing an independent uniform permutation of ``r*r`` pixels for every (image, channel,
-region) by sorting random keys costs many times more than the gather itself. Instead, each call draws a
-fresh pool of ``POOL_SIZE`` uniform block permutations per rung and every (image, channel,
+region) by sorting random keys costs many times more than the gather itself. Instead, each
+call draws a fresh pool of uniform block permutations per rung and every (image, channel,
 region) picks one entry at random. Each region's arrangement is therefore exactly uniformly
-distributed, but within one call regions that pick the same entry share a permutation (a
-batch of 1024 32x32 RGB images has 49,152 region-channels, so an entry of the finest rung
-is reused about 48 times, mostly across different images). The pool is never sent, kept or
-reused across calls. Composing two picks would make sharing negligible at roughly twice
-the index cost; we chose speed and document the trade-off.
+distributed, but within one call regions that pick the same entry share a permutation. The
+pool holds one entry per ``REUSE`` region-channels of the batch, between ``MIN_POOL`` and
+``POOL_SIZE`` (a batch of 64 32x32 RGB images has 3,072 region-channels: 384 entries; a batch of
+1024 has 49,152: 1024 entries, each reused about 48 times, mostly across different images),
+so small batches do not pay for a large pool. The pool is never sent, kept or reused across
+calls. Composing two picks would make sharing negligible at roughly twice the index cost;
+we chose speed and document the trade-off.
 """
 
 from __future__ import annotations
 
 import torch
 
-POOL_SIZE = 1024
+POOL_SIZE = 1024  # most entries per rung
+MIN_POOL = 64  # fewest entries per rung
+REUSE = 8  # region-channels per entry, below POOL_SIZE
+
+
+def pool_size_for(region_channels: int) -> int:
+    """Entries per rung for a batch with this many (image, channel, region) triples."""
+    return min(POOL_SIZE, max(MIN_POOL, region_channels // REUSE))
 
 
 def _pixel_table(
@@ -53,8 +62,9 @@ def permutation_pool(
     region_size: int,
     generator: torch.Generator | None,
     device: torch.device,
+    size: int = POOL_SIZE,
 ) -> torch.Tensor:
-    """(K * POOL_SIZE, r*r) source pixel within a region, ``POOL_SIZE`` rows per rung.
+    """(K * size, r*r) source pixel within a region, ``size`` rows per rung.
 
     Rung 0 (block = region) is the identity. Stored as uint8 when r*r <= 256 because picking
     rows of a narrow table is several times cheaper than of an int64 one.
@@ -63,7 +73,10 @@ def permutation_pool(
     block_of, offset_of, counts = _pixel_table(block_sizes, r, device)
     rows = []
     for k, (b, m) in enumerate(zip(block_sizes, counts)):
-        block_perm = torch.rand(POOL_SIZE, m, generator=generator, device=device).argsort(1)
+        if m == 1:  # rung 0: the identity, nothing to draw
+            rows.append(offset_of[k].expand(size, -1))
+            continue
+        block_perm = torch.rand(size, m, generator=generator, device=device).argsort(1)
         per_side = r // b
         origin = (block_perm // per_side) * (b * r) + (block_perm % per_side) * b  # (M, m)
         rows.append(origin[:, block_of[k]] + offset_of[k])  # (M, r*r)
@@ -118,9 +131,10 @@ def shuffle_regions(
     """
     b, c, n, r, _ = regions.shape
     device = regions.device
-    pool = permutation_pool(block_sizes, r, generator, device)
-    picks = torch.randint(0, POOL_SIZE, (b, c, n), generator=generator, device=device)
-    picks += (rungs * POOL_SIZE).unsqueeze(1)
+    size = pool_size_for(b * c * n)
+    pool = permutation_pool(block_sizes, r, generator, device, size)
+    picks = torch.randint(0, size, (b, c, n), generator=generator, device=device)
+    picks += (rungs * size).unsqueeze(1)
     spatial = pool.index_select(0, picks.view(-1)).long().view(b, c * n, r * r)
 
     source_region = region_permutation(b, grid, region_scope, generator, device)  # (B, N)
