@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export FLWR_TELEMETRY_ENABLED = 0
 
-.PHONY: run demo test test-fast test-slow bench clean
+.PHONY: run demo test test-fast test-slow bench bench-step compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m simulations.bench_obfuscation
+
+bench-step: $(STAMP)
+	$(PY) -m simulations.bench_step
+
+# VisualMixer vs DP-SGD on the embedded data (about 15 min on 2 cores); see README for CIFAR-10.
+compare: $(STAMP)
+	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m simulations.compare --preset quick --out $(CURDIR)/outputs/compare
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -66,8 +66,8 @@ class Preset:
 PRESETS = {
     # 2 CPU cores, well under 15 minutes: small CNN, few rounds, a CIFAR-10 subset.
     "quick": Preset(
-        clients=2, rounds=3, victim_train=4000, test=1000, public=5000, local_steps=25,
-        batch_size=32, upload_samples=256, server_steps=25, learning_rate=0.002,
+        clients=2, rounds=4, victim_train=4000, test=1000, public=5000, local_steps=40,
+        batch_size=32, upload_samples=1024, server_steps=60, learning_rate=0.002,
         attack_victims=256, recogniser_steps=600, inverse_steps=250, decoder_steps=250,
         inversion_steps=150, inversion_batches=4, inversion_batch_size=2, network_width=16,
         arm_timeout=300,

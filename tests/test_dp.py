@@ -113,3 +113,12 @@ def test_a_node_that_spent_its_budget_stops_training(tmp_path, caplog):
     assert rows[1]["status"] == "failed" and "fewer than min-replies" in rows[1]["reason"]
     assert summary["status"] == "failed"
     assert "privacy budget spent" in caplog.text
+
+
+def test_server_obfuscates_its_test_images_for_visualmixer_plus_dp(tmp_path):
+    from server.trainer import ServerTrainer
+
+    config = parse_run_config({"defense": "visualmixer+dp-sgd", "output-dir": str(tmp_path), "eval-samples": 10})
+    assert ServerTrainer(config).mixer is not None
+    plain = parse_run_config({"defense": "dp-sgd", "output-dir": str(tmp_path), "run-name": "b", "eval-samples": 10})
+    assert ServerTrainer(plain).mixer is None
