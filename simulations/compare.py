@@ -69,7 +69,7 @@ PRESETS = {
         clients=2, rounds=4, victim_train=4000, test=1000, public=5000, local_steps=40,
         batch_size=32, upload_samples=1024, server_steps=60, learning_rate=0.002,
         attack_victims=256, recogniser_steps=600, inverse_steps=250, decoder_steps=250,
-        inversion_steps=150, inversion_batches=4, inversion_batch_size=2, network_width=16,
+        inversion_steps=250, inversion_batches=6, inversion_batch_size=1, network_width=16,
         arm_timeout=300,
     ),
     # A GPU or a long run.
@@ -295,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         (status_dir / arm.name).write_text(statuses[arm.name])
         if statuses[arm.name] != "completed":
             tqdm.write(f"[compare] {arm.name}: {statuses[arm.name]}")
-    train_seconds = time.time() - started
+    # Arms trained by an earlier invocation are not trained again; keep their time too.
+    timings = out / "timings.json"
+    earlier = json.loads(timings.read_text())["train_seconds"] if timings.exists() else 0.0
+    train_seconds = earlier + time.time() - started
+    timings.write_text(json.dumps({"train_seconds": round(train_seconds, 1)}))
     worker.join()
     if worker.exitcode != 0:
         raise SystemExit(f"the attack stage failed (exit {worker.exitcode}); its traceback is above")

@@ -77,7 +77,9 @@ class AttackStage:
         self.preset, self.public, self.seed = preset, public, seed
         self.device = resolve_device("auto")
         test = load_dataset("folder", "test", data)
-        self.victims = test.subset(torch.arange(min(preset.attack_victims, len(test))))
+        # A seeded random sample: the folder is sorted by class, so its first images are not.
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+        self.victims = test.subset(pick[: preset.attack_victims])
         self.test = test
         self.num_classes = test.num_classes
         tqdm.write(f"[attacks] recogniser: {preset.recogniser_steps} steps on {len(public)} clean public images")

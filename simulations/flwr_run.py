@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.federation] if args.federation else []
     status = follow(run_id, target, args.timeout, args.start_timeout)
-    if status == "pending" and not args.federation:
+    if not status.startswith("finished") and not args.federation:
         # The managed local SuperLink sometimes stops launching runs (its SuperExec died,
         # or "database is locked"); the documented workaround is to restart it. The next
         # `flwr run` starts a fresh one.
@@ -106,20 +106,34 @@ def follow(run_id: int, target: list[str], timeout: float, start_timeout: float)
             log.terminate()
 
 
+def _processes() -> dict[int, list[bytes]]:
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+    return found
+
+
 def stop_local_superlink() -> None:
-    """Stop the managed local SuperLink of this FLWR_HOME (its processes, found by cmdline)."""
+    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
+    launched (found by cmdline): a stopped run's process can otherwise linger, stuck, and
+    slow every run after it."""
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
     marker = str(home / "local-superlink").encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    processes = _processes()
+    for pid, cmdline in processes.items():
+        if not any(b"flower-superlink" in part for part in cmdline) or not any(marker in p for p in cmdline):
             continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"flower-superlink" in cmdline and marker in cmdline:
-            print(f"stopping the local SuperLink (pid {proc.name}) so the next run starts a fresh one", file=sys.stderr)
-            os.kill(int(proc.name), signal.SIGTERM)
+        port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
+        print(f"stopping the local SuperLink (pid {pid}) so the next run starts a fresh one", file=sys.stderr)
+        os.kill(pid, signal.SIGTERM)
+        runtime = b"127.0.0.1:" + port if port else None
+        for child, args in processes.items():
+            if runtime and any(b"flwr-simulation" in a for a in args) and runtime in args:
+                os.kill(child, signal.SIGKILL)
 
 
 if __name__ == "__main__":
