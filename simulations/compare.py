@@ -203,6 +203,11 @@ def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> s
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
 
 
+def needs_training(arm: Arm, out: Path) -> bool:
+    summary = out / "runs" / arm.name / "summary.json"
+    return not (summary.exists() and json.loads(summary.read_text())["status"] == "completed")
+
+
 def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attempts: int = 2) -> str:
     """Run one arm with ``flwr run``; its final status.
 
@@ -210,7 +215,7 @@ def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attemp
     (resuming from its checkpoint): the local SuperLink occasionally leaves a run pending.
     """
     summary = out / "runs" / arm.name / "summary.json"
-    if summary.exists() and json.loads(summary.read_text())["status"] == "completed":
+    if not needs_training(arm, out):
         return "completed"
     log = out / "logs" / f"{arm.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.compare_attacks import attack_worker
 
     worker = multiprocessing.get_context("spawn").Process(
-        target=attack_worker, args=(arms, preset, data, public, out, args.seed), name="attacks"
+        target=attack_worker, args=(arms, preset, data, public, out, args.seed, any(needs_training(a, out) for a in arms)),
+        name="attacks",
     )
     worker.start()
     statuses = {}

@@ -157,11 +157,12 @@ class AttackStage:
         return found
 
 
-def attack_worker(arms, preset, data: Path, public: ImageSet, out: Path, seed: int) -> None:
+def attack_worker(arms, preset, data: Path, public: ImageSet, out: Path, seed: int, overlap: bool = True) -> None:
     """The attack stage as its own process: waits for each arm's status file (written by
     :mod:`simulations.compare` when the arm's run ends) and saves everything to attacks.pt."""
-    torch.set_num_threads(1)  # the other core runs flwr
-
+    threads = torch.get_num_threads()
+    if overlap:
+        torch.set_num_threads(1)  # the other core runs flwr
     parent = multiprocessing.parent_process()
 
     def status_of(name: str) -> str:
@@ -170,6 +171,8 @@ def attack_worker(arms, preset, data: Path, public: ImageSet, out: Path, seed: i
             if parent is not None and not parent.is_alive():
                 raise SystemExit("simulations.compare stopped; the attack stage stops too")
             time.sleep(1)
+        if len(list((out / "status").iterdir())) == len(arms):
+            torch.set_num_threads(threads)  # training is over: every core is ours
         return path.read_text()
 
     results = attack_all(arms, status_of, preset, data, public, out, seed)
