@@ -208,7 +208,7 @@ def needs_training(arm: Arm, out: Path) -> bool:
     return not (summary.exists() and json.loads(summary.read_text())["status"] == "completed")
 
 
-def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attempts: int = 2) -> str:
+def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attempts: int = 3) -> str:
     """Run one arm with ``flwr run``; its final status.
 
     A run that does not finish within ``preset.arm_timeout`` is stopped and tried again
