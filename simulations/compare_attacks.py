@@ -80,7 +80,6 @@ class AttackStage:
         # A seeded random sample: the folder is sorted by class, so its first images are not.
         pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
         self.victims = test.subset(pick[: preset.attack_victims])
-        self.test = test
         self.num_classes = test.num_classes
         tqdm.write(f"[attacks] recogniser: {preset.recogniser_steps} steps on {len(public)} clean public images")
         self.recogniser = train_recogniser(

@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def flwr(*args: str, capture: bool = True, timeout: float | None = 300) -> str:
+def flwr(*args: str, timeout: float | None = 300) -> str:
     result = subprocess.run(
-        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout,
-        capture_output=capture,
+        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True
     )
     if result.returncode != 0:
         raise SystemExit(f"flwr {' '.join(args)} failed:\n{result.stdout or ''}{result.stderr or ''}")
