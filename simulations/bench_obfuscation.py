@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -26,19 +27,21 @@ from common.training import to_model_input
 from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
 
 
-def _seconds(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def _interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time of each function, timed in turns (a, b, c, a, b, c, ...) after one
+    warm-up round, so machine noise hits every function alike and the ratios hold."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def images(batch: int, size: int) -> torch.Tensor:
@@ -53,16 +56,9 @@ def bench(batch: int, size: int, device: torch.device, target: float, repeats: i
     x = images(batch, size).to(device)
     flat = x.view(batch, -1)
     index = torch.rand(flat.shape, device=device).argsort(1)
-    gather = _seconds(lambda: torch.gather(flat, 1, index), repeats, device)
-    transform = _seconds(lambda: obfuscate(x, target), repeats, device)
-    row = {
-        "device": device.type,
-        "size": size,
-        "batch": batch,
-        "target_vfe": target,
-        "transform_ips": round(batch / transform, 1),
-        "gather_ips": round(batch / gather, 1),
-        "transform_vs_gather": round(transform / gather, 2),
+    fns = {
+        "gather": lambda: torch.gather(flat, 1, index),
+        "transform": lambda: obfuscate(x, target),
     }
     if size == 32:
         model = build_model("small-cnn").to(device)
@@ -74,15 +70,27 @@ def bench(batch: int, size: int, device: torch.device, target: float, repeats: i
             torch.nn.functional.cross_entropy(model(to_model_input(x)), labels).backward()
             optimizer.step()
 
-        train = _seconds(step, repeats, device)
-        row["train_step_ips"] = round(batch / train, 1)
-        row["overhead_vs_train_step"] = round(transform / train, 4)
+        fns["train"] = step
+    seconds = _interleaved_seconds(fns, repeats, device)
+    gather, transform = seconds["gather"], seconds["transform"]
+    row = {
+        "device": device.type,
+        "size": size,
+        "batch": batch,
+        "target_vfe": target,
+        "transform_ips": round(batch / transform, 1),
+        "gather_ips": round(batch / gather, 1),
+        "transform_vs_gather": round(transform / gather, 2),
+    }
+    if "train" in seconds:
+        row["train_step_ips"] = round(batch / seconds["train"], 1)
+        row["overhead_vs_train_step"] = round(transform / seconds["train"], 4)
     return row
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
     args = parser.parse_args(argv)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -186,3 +186,28 @@ def test_bad_arguments(kwargs, match):
 def test_region_scope_must_divide_the_grid(shapes_batch):
     with pytest.raises(ValueError, match="region_scope=3"):
         obfuscate(shapes_batch, 0.5, region_scope=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("r", [2, 4, 8, 16])
+def test_region_tiling_round_trips_any_layout(dtype, r):
+    from common.visualmixer.vfe import from_regions, to_regions
+
+    x = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8).to(dtype)
+    for batch in (x, x[1:], x.permute(0, 1, 3, 2).contiguous().transpose(2, 3)):
+        regions = to_regions(batch, r)
+        expected = batch.unfold(2, r, r).unfold(3, r, r).reshape(*batch.shape[:2], -1, r, r)
+        assert torch.equal(regions, expected)
+        assert torch.equal(from_regions(regions, 32, 48), batch)
+
+
+def test_returned_images_never_share_the_reused_buffers(shapes_batch):
+    first = obfuscate(shapes_batch, 0.8, seed=1)
+    kept = first.images.clone()
+    obfuscate(shapes_batch.flip(0), 0.8, seed=2)
+    obfuscate(shapes_batch[:, :, :8, :8].contiguous(), 0.8, region_size=8, seed=3)  # one region
+    assert torch.equal(first.images, kept)
+    single = obfuscate(shapes_batch[0, :, :8, :8].contiguous(), 0.8, seed=4).images
+    kept_single = single.clone()
+    obfuscate(shapes_batch[1, :, :8, :8].contiguous(), 0.8, seed=5)
+    assert torch.equal(single, kept_single)

@@ -22,7 +22,7 @@ from ._checks import (
 )
 from .plan import gradient_importance, plan_rungs, saliency_importance
 from .shuffle import shuffle_regions
-from .vfe import from_regions, image_vfe_from_stats, stats_of_regions, to_regions
+from .vfe import from_regions, shuffled_image_vfe, stats_of_regions, to_regions
 
 # Plans aim this far above the target so that most images pass the first check.
 PLAN_MARGIN = 0.02
@@ -85,7 +85,10 @@ def obfuscate(
     n = grid[0] * grid[1]
     goal = torch.full((b,), target + PLAN_MARGIN, device=batch.device)
     rungs = plan_rungs(stats, weights, goal, ladder)
-    best, best_vfe = _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator)
+    # The first draw lives in a scratch buffer; retries (image subsets) get new tensors.
+    best, best_vfe = _shuffle_and_measure(
+        regions, stats, rungs, ladder, grid, chromatic, scope, generator, out_name="shuffled"
+    )
     best_rungs = rungs
     todo = (best_vfe < target).nonzero().flatten()
     finest = len(ladder) - 1
@@ -116,10 +119,13 @@ def obfuscate(
     return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
 
 
-def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator):
+def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator, out_name=None):
     """Shuffle regions by plan and measure the VFE of the result."""
     b, c, n = stats.variance.shape
-    shuffled, source = shuffle_regions(regions, rungs, ladder, grid, chromatic, scope, generator)
+    shuffled, source = shuffle_regions(
+        regions, rungs, ladder, grid, chromatic, scope, generator, out_name
+    )
     # A shuffle never changes a region's variance: carry it over from the source rows.
     variance = stats.variance.reshape(b, c * n).gather(1, source).view(b, c, n)
-    return shuffled, image_vfe_from_stats(stats_of_regions(shuffled, variance))
+    valid = stats.valid.reshape(b, c * n).gather(1, source).view(b, c, n)
+    return shuffled, shuffled_image_vfe(shuffled, variance, valid)

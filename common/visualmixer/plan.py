@@ -25,6 +25,9 @@ sort and one cumulative sum per batch.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 
 from .vfe import RegionStats
@@ -77,6 +80,23 @@ def predicted_region_vfe(stats: RegionStats, block_sizes: tuple[int, ...]) -> to
     return predicted * stats.valid.unsqueeze(-1)
 
 
+@lru_cache(maxsize=64)
+def _step_order(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy order of refinement steps, as (importance rank, rung) pairs.
+
+    Priority depends only on a region's importance *rank* and the rung, so the order is the
+    same for every image and is computed once per (N, K): only which region holds which rank
+    differs per image. Ties go to the lower rung, then to the more important region.
+    """
+    rank = torch.arange(n).repeat_interleave(k - 1)  # 0 = least important
+    rung = torch.arange(1, k).repeat(n)
+    # n * priority, exact in float64, so equal priorities compare equal for any n.
+    scaled = rung.double() * n - IMPORTANCE_LEAD * rank.double()
+    order = torch.from_numpy(np.lexsort((-rank.numpy(), rung.numpy(), scaled.numpy())))
+    rank, rung = rank[order].to(device), rung[order].to(device)
+    return rank, rung
+
+
 def plan_rungs(
     stats: RegionStats,
     importance: torch.Tensor,
@@ -95,17 +115,17 @@ def plan_rungs(
     base = per_region[..., 0].sum(1)  # (B,) predicted VFE with nothing shuffled
     gains = (per_region[..., 1:] - per_region[..., :-1]).reshape(b, n * (k - 1))
 
-    # Importance quantile: 0 for the least important region, -> 1 for the most important.
-    quantile = importance.argsort(1).argsort(1).float() / n  # (B, N)
-    rung = torch.arange(1, k, device=quantile.device).float()
-    priority = (rung.view(1, 1, k - 1) - IMPORTANCE_LEAD * quantile.unsqueeze(-1)).reshape(b, n * (k - 1))
-    order = priority.argsort(dim=1, stable=True)
-    reached = base.unsqueeze(1) + gains.gather(1, order).cumsum(1) >= target.unsqueeze(1)
+    # Which region holds each importance rank (ties broken by region index).
+    by_rank = importance.argsort(dim=1, stable=True)  # (B, N)
+    step_rank, step_rung = _step_order(n, k, importance.device)
+    region_of_step = by_rank[:, step_rank]  # (B, S)
+    step_gain = gains.gather(1, region_of_step * (k - 1) + (step_rung - 1))
+    reached = base.unsqueeze(1) + step_gain.cumsum(1) >= target.unsqueeze(1)
     # Steps needed = index of the first prefix that reaches the target, plus one.
-    first = torch.where(reached.any(1), reached.float().argmax(1) + 1, n * (k - 1))
+    steps = n * (k - 1)
+    first = torch.where(reached.any(1), reached.float().argmax(1) + 1, steps)
     first = torch.where(base >= target, torch.zeros_like(first), first)
-    taken = torch.arange(n * (k - 1), device=order.device).unsqueeze(0) < first.unsqueeze(1)
-    region_of_step = order // (k - 1)
-    return torch.zeros(b, n, dtype=torch.long, device=order.device).scatter_add_(
+    taken = torch.arange(steps, device=importance.device).unsqueeze(0) < first.unsqueeze(1)
+    return torch.zeros(b, n, dtype=torch.long, device=importance.device).scatter_add_(
         1, region_of_step, taken.long()
     )

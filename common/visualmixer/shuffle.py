@@ -28,7 +28,12 @@ we chose speed and document the trade-off.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from itertools import permutations
+
 import torch
+
+from ._scratch import scratch
 
 POOL_SIZE = 1024  # most entries per rung
 MIN_POOL = 64  # fewest entries per rung
@@ -40,21 +45,24 @@ def pool_size_for(region_channels: int) -> int:
     return min(POOL_SIZE, max(MIN_POOL, region_channels // REUSE))
 
 
-def _pixel_table(
-    block_sizes: tuple[int, ...], region_size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """For each rung: block index and in-block offset of every pixel, and the block count."""
+@lru_cache(maxsize=32)
+def _pixel_tables(block_sizes: tuple[int, ...], region_size: int, device: torch.device) -> tuple:
+    """Per rung: (origin of each block, block of each pixel, offset of each pixel in its block).
+
+    A block permutation ``perm`` (block j of the output comes from block perm[j]) becomes
+    the pixel permutation ``origin[perm][:, block] + offset``.
+    """
     r = region_size
-    yy, xx = torch.meshgrid(
-        torch.arange(r, device=device), torch.arange(r, device=device), indexing="ij"
-    )
-    blocks, offsets, counts = [], [], []
+    yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+    tables = []
     for b in block_sizes:
         per_side = r // b
-        blocks.append(((yy // b) * per_side + xx // b).reshape(-1))
-        offsets.append(((yy % b) * r + xx % b).reshape(-1))
-        counts.append(per_side * per_side)
-    return torch.stack(blocks), torch.stack(offsets), counts
+        j = torch.arange(per_side * per_side)
+        origin = (j // per_side) * (b * r) + (j % per_side) * b
+        block = ((yy // b) * per_side + xx // b).reshape(-1)
+        offset = ((yy % b) * r + xx % b).reshape(-1)
+        tables.append((origin.to(device), block.to(device), offset.to(device)))
+    return tuple(tables)
 
 
 def permutation_pool(
@@ -70,23 +78,46 @@ def permutation_pool(
     rows of a narrow table is several times cheaper than of an int64 one.
     """
     r = region_size
-    block_of, offset_of, counts = _pixel_table(block_sizes, r, device)
-    rows = []
-    for k, (b, m) in enumerate(zip(block_sizes, counts)):
+    dtype = torch.uint8 if r * r <= 256 else torch.int32
+    pool = torch.empty(len(block_sizes), size, r * r, dtype=dtype, device=device)
+    for k, (b, (origin, block, offset)) in enumerate(
+        zip(block_sizes, _pixel_tables(block_sizes, r, device))
+    ):
+        m = len(origin)
         if m == 1:  # rung 0: the identity, nothing to draw
-            rows.append(offset_of[k].expand(size, -1))
+            pool[k] = offset
             continue
         block_perm = torch.rand(size, m, generator=generator, device=device).argsort(1)
-        per_side = r // b
-        origin = (block_perm // per_side) * (b * r) + (block_perm % per_side) * b  # (M, m)
-        rows.append(origin[:, block_of[k]] + offset_of[k])  # (M, r*r)
-    return torch.cat(rows).to(torch.uint8 if r * r <= 256 else torch.int32)
+        if b == 1:  # single pixels: the block permutation is the pixel permutation
+            pool[k] = block_perm
+        else:
+            pool[k] = origin[block_perm][:, block] + offset
+    return pool.view(-1, r * r)
 
 
 def _random_permutations(
     shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
     return torch.rand(*shape, n, generator=generator, device=device).argsort(-1)
+
+
+@lru_cache(maxsize=None)
+def _all_orders(c: int) -> torch.Tensor:
+    """(c!, c) every ordering of ``c`` channels."""
+    return torch.tensor(list(permutations(range(c))))
+
+
+def channel_permutation(
+    batch_size: int, regions: int, channels: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """(B, N, C) a uniformly random channel order per (image, region).
+
+    Picking one of the C! orders (6 for RGB) by index is exact and far cheaper than sorting
+    random keys in B*N tiny sorts.
+    """
+    orders = _all_orders(channels).to(device)
+    pick = torch.randint(0, len(orders), (batch_size, regions), generator=generator, device=device)
+    return orders[pick]
 
 
 def region_permutation(
@@ -123,11 +154,14 @@ def shuffle_regions(
     chromatic: bool,
     region_scope: int,
     generator: torch.Generator | None,
+    out_name: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle regions laid out as (B, C, N, r, r) following ``rungs`` (B, N).
 
     Returns the shuffled regions (same dtype and device) and, for every output (image,
     channel, region), the row ``channel * N + region`` of the input it was taken from.
+    With ``out_name`` the shuffled regions are written to that scratch buffer (valid until
+    the next call that uses the name); otherwise to a new tensor.
     """
     b, c, n, r, _ = regions.shape
     device = regions.device
@@ -135,11 +169,16 @@ def shuffle_regions(
     pool = permutation_pool(block_sizes, r, generator, device, size)
     picks = torch.randint(0, size, (b, c, n), generator=generator, device=device)
     picks += (rungs * size).unsqueeze(1)
-    spatial = pool.index_select(0, picks.view(-1)).long().view(b, c * n, r * r)
+    # Large temporaries go to scratch buffers: fresh ones cost more in page faults than the
+    # copies themselves on small CPUs (see _scratch.py).
+    narrow = scratch("spatial-narrow", (b * c * n, r * r), pool.dtype, device)
+    torch.index_select(pool, 0, picks.view(-1), out=narrow)
+    spatial = scratch("spatial", (b, c * n, r * r), torch.long, device)
+    spatial.view(-1, r * r).copy_(narrow)
 
     source_region = region_permutation(b, grid, region_scope, generator, device)  # (B, N)
     if chromatic and c > 1:
-        source_channel = _random_permutations((b, n), c, generator, device).transpose(1, 2)
+        source_channel = channel_permutation(b, n, c, generator, device).transpose(1, 2)
     else:
         source_channel = torch.arange(c, device=device).view(1, c, 1).expand(b, c, n)
     source = (source_channel * n + source_region.unsqueeze(1)).reshape(b, c * n)
@@ -147,6 +186,11 @@ def shuffle_regions(
     rows = regions.reshape(b * c * n, r * r)
     if region_scope != 1 or (chromatic and c > 1):
         offset = torch.arange(b, device=device).unsqueeze(1) * (c * n)
-        rows = rows.index_select(0, (source + offset).reshape(-1))
-    out = rows.view(b, c * n, r * r).gather(2, spatial)
-    return out.view(b, c, n, r, r), source
+        moved = scratch("moved", rows.shape, rows.dtype, device)
+        rows = torch.index_select(rows, 0, (source + offset).reshape(-1), out=moved)
+    if out_name is None:
+        out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
+    else:
+        out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
+    torch.gather(rows.view(b, c * n, r * r), 2, spatial, out=out.view(b, c * n, r * r))
+    return out, source

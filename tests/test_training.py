@@ -1,0 +1,41 @@
+import torch
+
+from common import training
+from common.shapes import generate_shapes
+from common.training import obfuscated_batches
+from common.visualmixer import VisualMixer, visual_feature_entropy
+
+
+class CountingMixer:
+    def __init__(self, target: float) -> None:
+        self.mixer = VisualMixer(target)
+        self.calls: list[int] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(images))
+        return self.mixer(images)
+
+
+def test_batches_are_obfuscated_in_chunks_but_yielded_one_by_one(monkeypatch):
+    images, labels = generate_shapes(200, seed=0)
+    monkeypatch.setattr(training, "OBFUSCATION_CHUNK_VALUES", 100 * images[0].numel())
+    sizes = [32, 0, 40, 32, 7, 32, 16]  # the empty batch is skipped
+    batches = [torch.randint(0, 200, (n,)) for n in sizes]
+    mixer = CountingMixer(0.8)
+    out = list(obfuscated_batches(images, labels, batches, mixer))
+    assert [len(x) for x, _ in out] == [n for n in sizes if n]
+    # 32+40+32 reach 100 images; then 7+32+16 are what is left.
+    assert mixer.calls == [104, 55]
+    for (x, y), index in zip(out, [b for b in batches if len(b)]):
+        assert torch.equal(y, labels[index])
+        assert bool((visual_feature_entropy(x) >= 0.8).all())
+        # Same multiset of values per image: shuffled, not replaced.
+        assert torch.equal(x.flatten(1).sort(1).values, images[index].flatten(1).sort(1).values)
+
+
+def test_without_a_mixer_each_batch_is_the_original():
+    images, labels = generate_shapes(50, seed=1)
+    batches = [torch.arange(10), torch.tensor([], dtype=torch.long), torch.arange(10, 30)]
+    out = list(obfuscated_batches(images, labels, batches))
+    assert len(out) == 2
+    assert torch.equal(out[1][0], images[10:30]) and torch.equal(out[1][1], labels[10:30])
