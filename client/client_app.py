@@ -14,15 +14,17 @@ total so far, not one round's.
 
 Originals never leave this process: everything uploaded is computed from
 ``VisualMixer(images)`` when ``defense = "visualmixer"``. In split learning the client
-layers and their optimizer state live in ``context.state`` across rounds; the forward pass
-is recomputed from the same seeded batch and shuffle when the gradient arrives (ClientApp
-processes are ephemeral), following Flower's vertical-fl example.
+layers and their optimizer state live in ``context.state`` across rounds, and so does the
+obfuscated batch of the current round; the forward pass is recomputed from it when the
+gradient arrives (ClientApp processes are ephemeral), following Flower's vertical-fl
+example. A node that lost that batch (e.g. restarted) redraws it from the same seed.
 """
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -31,6 +33,7 @@ from client.node import Node
 from common.dp import PrivacyLedger
 
 app = ClientApp()
+SPLIT_BATCH = "split-batch"
 
 
 @app.train()
@@ -57,8 +60,13 @@ def upload_activations(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     client_part, optimizer = _restore(context, msg.content["arrays"], node)
     server_round = int(msg.content["config"]["server-round"])
-    activations, labels, metrics = node.client_forward(client_part, server_round)
+    activations, labels, metrics, batch = node.client_forward(client_part, server_round)
     _save(context, client_part, optimizer)  # first round: keep the layers it started from
+    # The backward pass needs the same obfuscated batch: keep it rather than redo the work.
+    context.state[SPLIT_BATCH] = ArrayRecord({
+        "images": Array(batch.numpy()), "labels": Array(labels.numpy()),
+        "round": Array(np.array([server_round])),
+    })
     arrays = ArrayRecord(
         {"activations": Array(activations.numpy()), "labels": Array(labels.numpy())}
     )
@@ -72,7 +80,9 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     gradient = torch.from_numpy(msg.content["arrays"]["gradients"].numpy())
     server_round = int(msg.content["config"]["server-round"])
     ledger = _ledger(context)
-    metrics = node.client_backward(client_part, optimizer, server_round, gradient, ledger)
+    metrics = node.client_backward(
+        client_part, optimizer, server_round, gradient, ledger, _split_batch(context, server_round)
+    )
     _save(context, client_part, optimizer)
     _save_ledger(context, ledger)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
@@ -88,6 +98,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     else:
         metrics = node.evaluate_model(state)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _split_batch(context: Context, server_round: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The obfuscated batch this round's forward pass used, if this node still holds it."""
+    record = context.state.get(SPLIT_BATCH)
+    if record is None or int(record["round"].numpy()[0]) != server_round:
+        return None
+    return torch.from_numpy(record["images"].numpy()), torch.from_numpy(record["labels"].numpy())
 
 
 def _restore(context: Context, init: ArrayRecord | None, node: Node):

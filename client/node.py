@@ -116,7 +116,9 @@ class Node:
 
     @staticmethod
     def _vfe(mixer: RecordingMixer | None) -> dict[str, float]:
-        return {} if mixer is None else {"vfe": mixer.mean_vfe}
+        if mixer is None:
+            return {}
+        return {"vfe": mixer.mean_vfe, "obfuscation-seconds": mixer.seconds}
 
     # -- exchange = weights --------------------------------------------------------------
     def train_weights(
@@ -165,28 +167,38 @@ class Node:
         optimizer = make_optimizer(self.config.optimizer, client_part.parameters(), self.config.learning_rate)
         return client_part, optimizer
 
-    def _split_input(self, server_round: int):
+    def split_batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, RecordingMixer | None]:
+        """This round's images as the client layers see them (obfuscated, still uint8), on
+        the device, with their labels; seeded, so a recompute gives the very same shuffle."""
         images, labels, seed = self._batch(server_round)
-        mixer = self.mixer(seed)  # seeded: the recompute sees the very same shuffle
+        mixer = self.mixer(seed)
         images = images.to(self.device)
         if mixer is not None:
             images = mixer(images)
-        return to_model_input(images), labels, mixer
+        return images, labels, mixer
 
     def client_forward(self, client_part: torch.nn.Module, server_round: int):
-        x, labels, mixer = self._split_input(server_round)
+        """Activations of the client layers; also returns the obfuscated batch, which the
+        caller keeps for the backward pass instead of obfuscating it again."""
+        images, labels, mixer = self.split_batch(server_round)
         client_part.train()
         with torch.no_grad():
-            activations = client_part(x).float().cpu()
-        return activations, labels, {"num-examples": len(labels), **self._vfe(mixer)}
+            activations = client_part(to_model_input(images)).float().cpu()
+        metrics = {"num-examples": len(labels), **self._vfe(mixer)}
+        return activations, labels, metrics, images.cpu()
 
     def client_backward(
         self, client_part, optimizer, server_round: int, gradient: torch.Tensor,
-        ledger: PrivacyLedger | None = None,
+        ledger: PrivacyLedger | None = None, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
         """Apply the server's gradient at the cut to the client layers (one DP-SGD step,
-        recorded in ``ledger``, when the defense includes it)."""
-        x, labels, _ = self._split_input(server_round)
+        recorded in ``ledger``, when the defense includes it). ``batch`` is the obfuscated
+        batch the forward pass used; without it the batch is drawn and obfuscated again."""
+        if batch is None:
+            images, labels, _ = self.split_batch(server_round)
+        else:
+            images, labels = batch
+        x = to_model_input(images.to(self.device))
         extra: dict = {}
         if self.config.uses_dp:
             ledger = ledger if ledger is not None else PrivacyLedger()
@@ -219,8 +231,10 @@ class Node:
         held = self.held_out
         if self.config.eval_samples:
             held = held.subset(torch.arange(min(len(held), self.config.eval_samples)))
-        accuracy, loss = evaluate(model, held.images, held.labels, self.mixer(), device=self.device)
-        return {"num-examples": len(held), "eval-accuracy": accuracy, "eval-loss": loss}
+        mixer = self.mixer()
+        accuracy, loss = evaluate(model, held.images, held.labels, mixer, device=self.device)
+        extra = {} if mixer is None else {"obfuscation-seconds": mixer.seconds}
+        return {"num-examples": len(held), "eval-accuracy": accuracy, "eval-loss": loss, **extra}
 
     def evaluate_model(self, state: dict[str, torch.Tensor]) -> dict:
         return self._evaluate(self.model(state))

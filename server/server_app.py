@@ -13,6 +13,8 @@ the run stops, keeping its checkpoint.
 
 from __future__ import annotations
 
+import math
+
 import logging
 import time
 
@@ -240,6 +242,11 @@ def _client_train_metrics(kept) -> dict:
         value = _mean([(float(m[key]), n) for m, n in counts if key in m])
         if value is not None:
             row[name] = value
+    # What privacy cost the clients this round: seconds inside VisualMixer, summed.
+    seconds = [m.get("obfuscation-seconds") for m, _ in counts]
+    seconds = [float(s) for s in seconds if isinstance(s, (int, float)) and math.isfinite(s) and s >= 0]
+    if seconds:
+        row["obfuscation-seconds"] = round(sum(seconds), 4)
     return row
 
 

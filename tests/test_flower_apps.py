@@ -44,6 +44,7 @@ def test_each_exchange_runs_rounds_and_writes_its_files(tmp_path, exchange):
         assert row["exchange"] == exchange and row["defense"] == "visualmixer"
         assert row["replies"] == 2 and row["bytes-up"] > 0 and row["bytes-down"] > 0
         assert row["vfe-sent"] >= 0.8  # every upload met the target
+        assert row["obfuscation-seconds"] > 0  # what privacy cost the clients
         assert 0 <= row["federated-accuracy"] <= 1 and row["federated-nodes"] == 2
         assert np.isfinite(row["train-loss"]) and row["seconds"] > 0
     if exchange != "activations":
@@ -73,6 +74,24 @@ def test_split_learning_keeps_client_layers_in_context_state(tmp_path):
     for context in grid.contexts.values():
         assert "client-part" in context.state and "client-optimizer" in context.state
     assert all(r["gradients-applied"] == 2 for r in rows)
+
+
+def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path):
+    """The backward pass trains on exactly the obfuscated batch the server saw activations
+    of: the one kept in context.state, or (when a node lost it) the same seeded redraw."""
+    from client.client_app import SPLIT_BATCH, _split_batch
+    from client.node import Node
+
+    grid, _, _, _ = run(tmp_path, "split-batch", exchange="activations", **{"num-server-rounds": 1})
+    context = grid.contexts[1]
+    stored = _split_batch(context, 1)
+    assert stored is not None and _split_batch(context, 2) is None  # keyed by round
+    uploads = [r.content["arrays"] for r in grid.received if "arrays" in r.content]
+    node = Node.from_context(context)
+    redrawn, labels, _ = node.split_batch(1)
+    assert torch.equal(redrawn, stored[0]) and torch.equal(labels, stored[1])
+    assert any(torch.equal(torch.from_numpy(u["labels"].numpy()), stored[1]) for u in uploads)
+    assert context.state[SPLIT_BATCH]["images"].numpy().dtype == np.uint8
 
 
 def _replace_arrays(key, value):
