@@ -63,16 +63,19 @@ class Preset:
     network_width: int  # channels of the attack U-Nets at full resolution
     arm_timeout: int  # seconds before a stuck run is stopped and retried
     parallel_runs: int  # arms whose `flwr run` goes on at the same time
+    ray_cpus: int  # CPUs each run's Ray may use = ClientApp actors (0 = all)
 
 
 PRESETS = {
-    # 2 CPU cores, well under 15 minutes: small CNN, few rounds, a CIFAR-10 subset.
+    # 2 CPU cores, under 15 minutes: small CNN, few rounds, a CIFAR-10 subset, short
+    # attacks. Most of an arm's cost is starting its `flwr run` (processes, Ray, actors), so
+    # three runs overlap and each gets one ClientApp actor.
     "quick": Preset(
-        clients=2, rounds=4, victim_train=4000, test=1000, public=5000, local_steps=40,
-        batch_size=32, upload_samples=1024, server_steps=60, learning_rate=0.002,
-        attack_victims=256, recogniser_steps=600, inverse_steps=250, decoder_steps=250,
-        inversion_steps=250, inversion_batches=6, inversion_batch_size=1, network_width=16,
-        arm_timeout=300, parallel_runs=3,
+        clients=2, rounds=3, victim_train=4000, test=1000, public=5000, local_steps=30,
+        batch_size=32, upload_samples=512, server_steps=40, learning_rate=0.002,
+        attack_victims=256, recogniser_steps=400, inverse_steps=120, decoder_steps=120,
+        inversion_steps=120, inversion_batches=4, inversion_batch_size=1, network_width=16,
+        arm_timeout=300, parallel_runs=3, ray_cpus=1,
     ),
     # A GPU or a long run.
     "full": Preset(
@@ -80,7 +83,7 @@ PRESETS = {
         batch_size=64, upload_samples=1024, server_steps=100, learning_rate=0.002,
         attack_victims=1000, recogniser_steps=8000, inverse_steps=4000, decoder_steps=4000,
         inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, network_width=32,
-        arm_timeout=7200, parallel_runs=1,
+        arm_timeout=7200, parallel_runs=1, ray_cpus=0,
     ),
 }
 
@@ -223,7 +226,7 @@ def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attemp
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", str(preset.clients),
-        "--timeout", str(preset.arm_timeout),
+        "--timeout", str(preset.arm_timeout), "--ray-cpus", str(preset.ray_cpus),
         "--run-config", run_config(arm, preset, data, out / "runs", seed),
     ]
     status = "not run"
@@ -251,6 +254,12 @@ def train_arms(arms: list[Arm], preset: Preset, data: Path, out: Path, seed: int
     status goes to ``status_dir`` for the attack stage.
     """
     statuses: dict[str, str] = {}
+    if parallel > 1 and any(needs_training(a, out) for a in arms):
+        # Every `flwr` command starts the managed local SuperLink when none answers; start
+        # it once here, or the first parallel runs race to bind its port and all but one fail.
+        from simulations.flwr_run import flwr
+
+        flwr("list", "--format", "json")
     bar = tqdm(total=len(arms), desc="training (flwr run)", unit="arm")
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         futures = {pool.submit(train_arm, arm, preset, data, out, seed): arm for arm in arms}
@@ -301,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
                        ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("FLWR_TELEMETRY_ENABLED", "0")):
         os.environ.setdefault(key, value)
+    # `flwr` starts `flower-superlink` by name: the one installed beside this Python.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from simulations.compare_attacks import MIN_RANKED_IMAGES  # noqa: E402
+
 ATTACKS = ("observed", "mosaic", "inverse-net", "feature-inversion", "gradient-inversion", "gi+mosaic", "gi+inverse-net")
 BASE_COLUMNS = (
     "arm", "exchange", "defense", "setting", "status", "test_accuracy", "accuracy_source", "accuracy_loss",
@@ -50,7 +52,7 @@ def _fmt(value, digits: int = 3) -> str:
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = list(BASE_COLUMNS)
     for attack in ATTACKS:
-        columns += [f"{attack}_{m}" for m in ("psnr", "ssim", "vfe", "recognition")]
+        columns += [f"{attack}_{m}" for m in ("psnr", "ssim", "vfe", "recognition", "images")]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
@@ -70,11 +72,13 @@ def _table(rows: list[dict], exchange: str) -> list[str]:
                  _fmt(r.get("epsilon"), 2), _fmt(r.get("mean_vfe")), _fmt(r.get("seconds_per_round"), 1),
                  _fmt(None if r.get("bytes_per_round") is None else r["bytes_per_round"] / 1e6, 2)]
         for a in present:
-            cells.append(
-                "" if f"{a}_psnr" not in r else
+            cell = "" if f"{a}_psnr" not in r else (
                 f"{r[f'{a}_psnr']:.1f} / {r[f'{a}_ssim']:.2f} / {r[f'{a}_recognition']:.2f}"
             )
-        cells += [r.get("best_attack", ""), _fmt(r.get("margin"))]
+            if cell and r.get(f"{a}_images", MIN_RANKED_IMAGES) < MIN_RANKED_IMAGES:
+                cell += f" (n={r[f'{a}_images']})"
+            cells.append(cell)
+        cells += [r.get("best_attack") or "", _fmt(r.get("margin"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -103,9 +107,10 @@ def write_markdown(results: dict, path: Path, command: str, info: dict) -> None:
         "training (activations arms: the clients' federated held-out accuracy, since the server "
         "holds only the top of the model); *acc loss* is `none` minus the arm in the same exchange; "
         "*eps* is the largest client's total epsilon (delta 1e-5, RDP); each attack cell is PSNR (dB) / "
-        "SSIM / recogniser accuracy against the originals; *best attack* is the one the recogniser "
-        "labels best; *margin* = test acc - best attack's recognition (the use-but-cannot-recognise "
-        "margin; higher is better).",
+        "SSIM / recogniser accuracy against the originals (*n=k*: scored on only k images); "
+        f"*best attack* is the one the recogniser labels best among attacks scored on at least "
+        f"{MIN_RANKED_IMAGES} images; *margin* = test acc - best attack's recognition (the "
+        "use-but-cannot-recognise margin; higher is better; empty when no attack qualifies).",
         "",
     ]
     for exchange in ("images", "activations", "weights"):

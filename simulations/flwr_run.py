@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Seconds between `flwr list` polls while the log still streams: each poll is a CLI start
+# (about 1.5 CPU-seconds), and the end of the stream already triggers an immediate check.
+POLL_SECONDS = 30
 
 
 def flwr(*args: str, timeout: float | None = 300) -> str:
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--federation", default=None, help="SuperLink connection in config.toml")
     parser.add_argument("--num-supernodes", type=int, default=4)
     parser.add_argument("--run-config", default="")
+    parser.add_argument("--ray-cpus", type=int, default=0,
+                        help="CPUs Ray may use in simulation, i.e. ClientApp actors (default: all)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the run is stopped")
     parser.add_argument("--start-timeout", type=float, default=180, help="seconds a run may stay pending")
     args = parser.parse_args(argv)
@@ -49,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.federation:
         command.append(args.federation)
     else:
-        command += ["--federation-config", f"num-supernodes={args.num_supernodes} client-resources-num-cpus=1"]
+        sizing = f"num-supernodes={args.num_supernodes} client-resources-num-cpus=1"
+        if args.ray_cpus:
+            sizing += f" init-args-num-cpus={args.ray_cpus}"
+        command += ["--federation-config", sizing]
     if args.run_config:
         command += ["--run-config", args.run_config]
     submitted = json.loads(flwr(*command, "--format", "json"))
@@ -85,7 +93,7 @@ def follow(run_id: int, target: list[str], timeout: float, start_timeout: float)
             # and at once when it ends (usually because the run finished).
             if log.poll() is None:
                 try:
-                    log.wait(timeout=10)
+                    log.wait(timeout=POLL_SECONDS)
                 except subprocess.TimeoutExpired:
                     pass
             else:

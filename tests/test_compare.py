@@ -52,7 +52,12 @@ def test_reduced_compare_writes_every_output(simulation_env, tmp_path):  # noqa:
         "images-none", "activations-none", "activations-vm+dp-vfe0.8+eps8",
         "weights-none", "weights-vm+dp-vfe0.8+eps8",
     }
-    assert all(r["status"] == "completed" and r["margin"] != "" for r in rows.values())
+    assert all(r["status"] == "completed" for r in rows.values())
+    assert all(r["margin"] != "" for name, r in rows.items() if not name.startswith("weights"))
+    # Gradient inversion is scored on 4 images in `quick`: too few to rank attacks, so the
+    # weights arms carry its scores but no best attack and no margin.
+    assert all(r["gradient-inversion_images"] == "4" and r["margin"] == ""
+               for name, r in rows.items() if name.startswith("weights"))
     assert rows["images-none"]["observed_recognition"] != ""
     assert rows["activations-none"]["feature-inversion_psnr"] != ""
     dp = rows["weights-vm+dp-vfe0.8+eps8"]
