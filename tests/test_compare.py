@@ -32,7 +32,7 @@ def test_unknown_defense_label_is_refused(tmp_path):
     assert result.returncode == 2 and "--defenses vm-0.8 unknown" in result.stderr
 
 
-# Five `flwr run`s: about 3.5 min on an idle 2-core machine, far longer when the disk is
+# Five `flwr run`s, three at a time: about 2 min on an idle 2-core machine, far longer when the disk is
 # throttled (the local SuperLink's SQLite then reports "database is locked"), so it runs
 # with `make test-slow`, not in the default suite.
 @pytest.mark.slow
