@@ -113,13 +113,15 @@ def obfuscated_batches(
     """
     per_image = images[0].numel() if len(images) else 1
     pending: list[torch.Tensor] = []
+    values = 0
     for index in batches:
         if len(index) == 0:
             continue
         pending.append(index)
-        if mixer is None or sum(map(len, pending)) * per_image >= OBFUSCATION_CHUNK_VALUES:
+        values += len(index) * per_image
+        if mixer is None or values >= OBFUSCATION_CHUNK_VALUES:
             yield from _load(images, labels, pending, mixer, device)
-            pending = []
+            pending, values = [], 0
     yield from _load(images, labels, pending, mixer, device)
 
 

@@ -93,8 +93,7 @@ def _step_order(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, tor
     # n * priority, exact in float64, so equal priorities compare equal for any n.
     scaled = rung.double() * n - IMPORTANCE_LEAD * rank.double()
     order = torch.from_numpy(np.lexsort((-rank.numpy(), rung.numpy(), scaled.numpy())))
-    rank, rung = rank[order].to(device), rung[order].to(device)
-    return rank, rung
+    return rank[order].to(device), rung[order].to(device)
 
 
 def plan_rungs(
