@@ -310,8 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
                        ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("FLWR_TELEMETRY_ENABLED", "0")):
         os.environ.setdefault(key, value)
-    # `flwr` starts `flower-superlink` by name: the one installed beside this Python.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

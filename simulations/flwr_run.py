@@ -29,9 +29,16 @@ BIN = Path(sys.executable).parent
 POLL_SECONDS = 30
 
 
+def flwr_env() -> dict[str, str]:
+    """The environment for a `flwr` command: it starts `flower-superlink` by name when no
+    local SuperLink answers, so the one installed beside this Python comes first in PATH."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def flwr(*args: str, timeout: float | None = 300) -> str:
     result = subprocess.run(
-        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True
+        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True,
+        env=flwr_env(),
     )
     if result.returncode != 0:
         raise SystemExit(f"flwr {' '.join(args)} failed:\n{result.stdout or ''}{result.stderr or ''}")
@@ -48,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the run is stopped")
     parser.add_argument("--start-timeout", type=float, default=180, help="seconds a run may stay pending")
     args = parser.parse_args(argv)
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
     command = ["run", "."]
     if args.federation:
@@ -84,7 +90,7 @@ def follow(run_id: int, target: list[str], timeout: float, start_timeout: float)
     """Stream the run's log until it finishes; stop it after ``timeout`` seconds, or after
     ``start_timeout`` seconds still pending. Returns the last status seen."""
     started = time.time()
-    log = subprocess.Popen([str(BIN / "flwr"), "log", str(run_id), *target], cwd=ROOT)
+    log = subprocess.Popen([str(BIN / "flwr"), "log", str(run_id), *target], cwd=ROOT, env=flwr_env())
     status = "pending"
     try:
         while True:
