@@ -1,4 +1,4 @@
-"""The shuffle itself: one ``torch.gather`` driven by an index built from random permutations.
+"""The shuffle itself: rows of regions grouped by rung, then one ``torch.gather`` per rung.
 
 For output image ``b``, channel ``c``, region ``j`` and pixel ``p`` the source is
 
@@ -15,15 +15,17 @@ of its source region, and the uint8 path never leaves uint8.
 
 Drawing an independent uniform permutation of ``r*r`` pixels for every (image, channel,
 region) by sorting random keys costs many times more than the gather itself. Instead, each
-call draws a fresh pool of uniform block permutations per rung and every (image, channel,
-region) picks one entry at random. Each region's arrangement is therefore exactly uniformly
-distributed, but within one call regions that pick the same entry share a permutation. The
-pool holds one entry per ``REUSE`` region-channels of the batch, between ``MIN_POOL`` and
-``POOL_SIZE`` (a batch of 64 32x32 RGB images has 3,072 region-channels: 384 entries; a batch of
-1024 has 49,152: 1024 entries, each reused about 48 times, mostly across different images),
-so small batches do not pay for a large pool. The pool is never sent, kept or reused across
-calls. Composing two picks would make sharing negligible at roughly twice the index cost;
-we chose speed and document the trade-off.
+call draws, per rung in use, a fresh pool of uniform block permutations, and the output
+rows of that rung are dealt to the pool entries in a random order (row ``t`` of a random
+ordering takes entry ``t mod size``). Each region's arrangement is therefore exactly
+uniformly distributed, but within one call about ``count / size`` region-channels share each
+entry. A pool holds one entry per ``REUSE`` region-channels of its rung, between ``MIN_POOL``
+and ``POOL_SIZE`` (1024 32x32 RGB images at the default target put about 23,000
+region-channels on each of the two finest rungs: 1024 entries each, every entry dealt to
+about 23 region-channels, mostly of different images). Dealing rows evenly keeps the
+shuffle cheap: the rows of a rung, grouped, form a regular (rounds, size, r*r) block, so one
+``torch.gather`` with the pool broadcast over the rounds moves every value, with no
+full-size int64 index to build. The pool is never sent, kept or reused across calls.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from __future__ import annotations
 from functools import lru_cache
 from itertools import permutations
 
+import numpy as np
 import torch
 
+from ._layout import as_words
 from ._scratch import scratch
 
 POOL_SIZE = 1024  # most entries per rung
@@ -46,59 +50,45 @@ def pool_size_for(region_channels: int) -> int:
 
 
 @lru_cache(maxsize=32)
-def _pixel_tables(block_sizes: tuple[int, ...], region_size: int, device: torch.device) -> tuple:
-    """Per rung: (origin of each block, block of each pixel, offset of each pixel in its block).
+def _pixel_tables(block: int, region_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(origin of each block, block of each pixel, offset of each pixel in its block).
 
     A block permutation ``perm`` (block j of the output comes from block perm[j]) becomes
     the pixel permutation ``origin[perm][:, block] + offset``.
     """
     r = region_size
     yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
-    tables = []
-    for b in block_sizes:
-        per_side = r // b
-        j = torch.arange(per_side * per_side)
-        origin = (j // per_side) * (b * r) + (j % per_side) * b
-        block = ((yy // b) * per_side + xx // b).reshape(-1)
-        offset = ((yy % b) * r + xx % b).reshape(-1)
-        tables.append((origin.to(device), block.to(device), offset.to(device)))
-    return tuple(tables)
+    per_side = r // block
+    j = torch.arange(per_side * per_side)
+    origin = (j // per_side) * (block * r) + (j % per_side) * block
+    which = ((yy // block) * per_side + xx // block).reshape(-1)
+    offset = ((yy % block) * r + xx % block).reshape(-1)
+    return origin.to(device), which.to(device), offset.to(device)
 
 
-def permutation_pool(
-    block_sizes: tuple[int, ...],
-    region_size: int,
-    generator: torch.Generator | None,
-    device: torch.device,
-    size: int = POOL_SIZE,
+def block_permutations(
+    block: int, region_size: int, size: int, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    """(K * size, r*r) source pixel within a region, ``size`` rows per rung.
-
-    Rung 0 (block = region) is the identity. Stored as uint8 when r*r <= 256 because picking
-    rows of a narrow table is several times cheaper than of an int64 one.
-    """
-    r = region_size
-    dtype = torch.uint8 if r * r <= 256 else torch.int32
-    pool = torch.empty(len(block_sizes), size, r * r, dtype=dtype, device=device)
-    for k, (b, (origin, block, offset)) in enumerate(
-        zip(block_sizes, _pixel_tables(block_sizes, r, device))
-    ):
-        m = len(origin)
-        if m == 1:  # rung 0: the identity, nothing to draw
-            pool[k] = offset
-            continue
-        block_perm = torch.rand(size, m, generator=generator, device=device).argsort(1)
-        if b == 1:  # single pixels: the block permutation is the pixel permutation
-            pool[k] = block_perm
-        else:
-            pool[k] = origin[block_perm][:, block] + offset
-    return pool.view(-1, r * r)
+    """(size, r*r) int64: ``size`` uniform random permutations of a region's blocks of side
+    ``block``, as the source pixel of each output pixel (``block == r`` is the identity)."""
+    origin, which, offset = _pixel_tables(block, region_size, device)
+    if len(origin) == 1:
+        return offset.expand(size, -1)
+    block_perm = _random_permutations((size,), len(origin), generator, device)
+    if block == 1:  # single pixels: the block permutation is the pixel permutation
+        return block_perm
+    return origin[block_perm][:, which] + offset
 
 
 def _random_permutations(
     shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    return torch.rand(*shape, n, generator=generator, device=device).argsort(-1)
+    """Uniform random permutations of ``n`` along a new last dim: the argsort of random keys."""
+    keys = torch.rand(*shape, n, generator=generator, device=device)
+    if device.type == "cpu":
+        # numpy sorts many short rows about 3x faster than torch's CPU sort (same result).
+        return torch.from_numpy(np.argsort(keys.numpy(), axis=-1))
+    return keys.argsort(-1)
 
 
 @lru_cache(maxsize=None)
@@ -165,16 +155,8 @@ def shuffle_regions(
     """
     b, c, n, r, _ = regions.shape
     device = regions.device
-    size = pool_size_for(b * c * n)
-    pool = permutation_pool(block_sizes, r, generator, device, size)
-    picks = torch.randint(0, size, (b, c, n), generator=generator, device=device)
-    picks += (rungs * size).unsqueeze(1)
-    # Large temporaries go to scratch buffers: fresh ones cost more in page faults than the
-    # copies themselves on small CPUs (see _scratch.py).
-    narrow = scratch("spatial-narrow", (b * c * n, r * r), pool.dtype, device)
-    torch.index_select(pool, 0, picks.view(-1), out=narrow)
-    spatial = scratch("spatial", (b, c * n, r * r), torch.long, device)
-    spatial.view(-1, r * r).copy_(narrow)
+    rr = r * r
+    total = b * c * n
 
     source_region = region_permutation(b, grid, region_scope, generator, device)  # (B, N)
     if chromatic and c > 1:
@@ -182,15 +164,50 @@ def shuffle_regions(
     else:
         source_channel = torch.arange(c, device=device).view(1, c, 1).expand(b, c, n)
     source = (source_channel * n + source_region.unsqueeze(1)).reshape(b, c * n)
+    offset = torch.arange(b, device=device).unsqueeze(1) * (c * n)
+    source_row = (source + offset).view(-1)  # (B*C*N,) input row of every output row
 
-    rows = regions.reshape(b * c * n, r * r)
-    if region_scope != 1 or (chromatic and c > 1):
-        offset = torch.arange(b, device=device).unsqueeze(1) * (c * n)
-        moved = scratch("moved", rows.shape, rows.dtype, device)
-        rows = torch.index_select(rows, 0, (source + offset).reshape(-1), out=moved)
+    # Output rows grouped by rung, in random order within each rung (a stable sort of
+    # narrow keys is about twice as fast as one boolean mask per rung).
+    order = torch.randperm(total, generator=generator, device=device)
+    rung_of_row = rungs.to(torch.uint8).unsqueeze(1).expand(b, c, n).reshape(-1)[order]
+    order = order[torch.sort(rung_of_row, stable=True).indices]
+    counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * c).tolist()
+
+    rows = regions.reshape(total, rr)
+    grouped = scratch("grouped", (total, rr), regions.dtype, device)
+    words_in, _ = as_words(rows, rr)
+    words_grouped, _ = as_words(grouped, rr)
+    torch.index_select(words_in, 0, source_row[order], out=words_grouped)
+
+    mixed = scratch("mixed", (total, rr), regions.dtype, device)
+    start = 0
+    for k, count in enumerate(counts):
+        if count == 0:
+            continue
+        segment, into = grouped[start : start + count], mixed[start : start + count]
+        start += count
+        if k == 0:  # rung 0 (block = region) leaves the region as is
+            into.copy_(segment)
+            continue
+        size = pool_size_for(count)
+        pool = block_permutations(block_sizes[k], r, size, generator, device)  # (size, rr)
+        full, rest = divmod(count, size)
+        if full:
+            torch.gather(
+                segment[: full * size].view(full, size, rr),
+                2,
+                pool.expand(full, size, rr),
+                out=into[: full * size].view(full, size, rr),
+            )
+        if rest:
+            torch.gather(segment[full * size :], 1, pool[:rest], out=into[full * size :])
+
     if out_name is None:
         out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
     else:
         out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
-    torch.gather(rows.view(b, c * n, r * r), 2, spatial, out=out.view(b, c * n, r * r))
+    words_out, _ = as_words(out.view(total, rr), rr)
+    words_mixed, _ = as_words(mixed, rr)
+    words_out.index_copy_(0, order, words_mixed)
     return out, source
