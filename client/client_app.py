@@ -18,6 +18,10 @@ layers and their optimizer state live in ``context.state`` across rounds, and so
 obfuscated batch of the current round; the forward pass is recomputed from it when the
 gradient arrives (ClientApp processes are ephemeral), following Flower's vertical-fl
 example. A node that lost that batch (e.g. restarted) redraws it from the same seed.
+
+Federated evaluation uses one obfuscated copy of the node's held-out split for the whole
+run (seeded, kept in ``context.state``): every round is scored on the same images, and only
+the first round pays for obfuscating them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from common.dp import PrivacyLedger
 
 app = ClientApp()
 SPLIT_BATCH = "split-batch"
+EVAL_SET = "eval-set"
+EVAL_CACHE_BYTES = 16 * 2**20  # context.state travels with every message in deployment
 
 
 @app.train()
@@ -92,12 +98,29 @@ def apply_gradients(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     state = msg.content["arrays"].to_torch_state_dict()
+    held = _evaluation_set(context, node)
     if node.config.exchange == "activations":
         client_part, _ = _restore(context, None, node)
-        metrics = node.evaluate_split(client_part, state)
+        metrics = node.evaluate_split(client_part, state, held)
     else:
-        metrics = node.evaluate_model(state)
+        metrics = node.evaluate_model(state, held)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _evaluation_set(context: Context, node: Node) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The node's obfuscated held-out copy, made in its first evaluation and kept in
+    ``context.state`` when it is at most ``EVAL_CACHE_BYTES`` (a larger one is made again
+    each round: same seed, same copy, so only the time differs)."""
+    record = context.state.get(EVAL_SET)
+    if record is not None:
+        images, labels = (torch.from_numpy(record[k].numpy()) for k in ("images", "labels"))
+        return images, labels, 0.0
+    images, labels, seconds = node.evaluation_set()
+    if node.config.uses_visualmixer and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
+        context.state[EVAL_SET] = ArrayRecord(
+            {"images": Array(images.numpy()), "labels": Array(labels.numpy())}
+        )
+    return images, labels, seconds
 
 
 def _split_batch(context: Context, server_round: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -18,17 +18,14 @@ from common.training import (
     RecordingMixer,
     evaluate,
     make_optimizer,
+    obfuscate_once,
     resolve_device,
+    round_seed,
     to_model_input,
     train_on_batches,
     train_steps,
 )
 from common.visualmixer import VisualMixer
-
-
-def round_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """A seed unique to (run seed, round, node): same batch and shuffle on recompute."""
-    return (seed * 1_000_003 + server_round * 1009 + partition_id) % (2**63)
 
 
 @dataclass
@@ -227,21 +224,39 @@ class Node:
         return {"num-examples": len(labels), **extra}
 
     # -- evaluation ----------------------------------------------------------------------
-    def _evaluate(self, model: torch.nn.Module) -> dict:
+    def evaluation_set(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(images, labels, seconds spent obfuscating) of the held-out split as this node
+        evaluates it: with VisualMixer, obfuscated once per run from the round-0 seed, so
+        every round sees the same copy (the ClientApp keeps it in ``context.state``)."""
         held = self.held_out
         if self.config.eval_samples:
             held = held.subset(torch.arange(min(len(held), self.config.eval_samples)))
-        mixer = self.mixer()
-        accuracy, loss = evaluate(model, held.images, held.labels, mixer, device=self.device)
-        extra = {} if mixer is None else {"obfuscation-seconds": mixer.seconds}
-        return {"num-examples": len(held), "eval-accuracy": accuracy, "eval-loss": loss, **extra}
+        if not self.config.uses_visualmixer:
+            return held.images, held.labels, 0.0
+        mixers: list[RecordingMixer] = []
 
-    def evaluate_model(self, state: dict[str, torch.Tensor]) -> dict:
-        return self._evaluate(self.model(state))
+        def mixer_for_seed(seed: int) -> RecordingMixer:
+            mixers.append(self.mixer(seed))
+            return mixers[-1]
 
-    def evaluate_split(self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor]) -> dict:
+        seed = round_seed(self.config.seed, 0, self.partition_id)
+        images = obfuscate_once(held.images, mixer_for_seed, seed, self.device)
+        return images, held.labels, sum(m.seconds for m in mixers)
+
+    def _evaluate(self, model: torch.nn.Module, held: tuple[torch.Tensor, torch.Tensor, float] | None) -> dict:
+        images, labels, seconds = held if held is not None else self.evaluation_set()
+        accuracy, loss = evaluate(model, images, labels, device=self.device)
+        extra = {"obfuscation-seconds": seconds} if self.config.uses_visualmixer else {}
+        return {"num-examples": len(labels), "eval-accuracy": accuracy, "eval-loss": loss, **extra}
+
+    def evaluate_model(self, state: dict[str, torch.Tensor], held=None) -> dict:
+        """Federated evaluation of the global model; ``held`` is :meth:`evaluation_set`'s
+        result when the caller kept it (computed here otherwise)."""
+        return self._evaluate(self.model(state), held)
+
+    def evaluate_split(self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor], held=None) -> dict:
         model = self.model()
         cut = self.config.cut_layer
         model[:cut].load_state_dict(client_part.state_dict())
         model[cut:].load_state_dict(server_state)
-        return self._evaluate(model)
+        return self._evaluate(model, held)

@@ -43,6 +43,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
 
 
+def round_seed(seed: int, server_round: int, node: int) -> int:
+    """A seed unique to (run seed, round, node): the same batch and shuffle on recompute.
+
+    Rounds start at 1; round 0 seeds the once-per-run obfuscation of evaluation sets
+    (node -1 is the server).
+    """
+    return (seed * 1_000_003 + server_round * 1009 + node) % (2**63)
+
+
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
@@ -135,6 +144,28 @@ def _load(images, labels, pending, mixer, device):
     y = labels[index].to(device, non_blocking=True)
     sizes = [len(i) for i in pending]
     yield from zip(x.split(sizes), y.split(sizes))
+
+
+def obfuscate_once(
+    images: torch.Tensor,
+    mixer_for_seed: Callable[[int], Mixer],
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Every image obfuscated once and reproducibly, returned on the CPU.
+
+    For evaluation sets: obfuscated once per run and reused every round, so round-to-round
+    changes in accuracy come from the model, not from a new draw of the shuffle. Chunk ``i``
+    (up to ``OBFUSCATION_CHUNK_VALUES`` values) uses ``mixer_for_seed(seed + i)``, so chunks
+    do not repeat each other's permutations.
+    """
+    if len(images) == 0:
+        return images.clone()
+    per_chunk = max(1, OBFUSCATION_CHUNK_VALUES // images[0].numel())
+    return torch.cat([
+        mixer_for_seed(seed + i)(chunk.to(device)).cpu()
+        for i, chunk in enumerate(images.split(per_chunk))
+    ])
 
 
 @torch.no_grad()

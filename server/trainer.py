@@ -15,7 +15,7 @@ from common.data import DATASET_INFO, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.run_config import ConfigError, RunConfig
 from common.run_store import RunStore
-from common.training import evaluate, make_optimizer, resolve_device, train_steps
+from common.training import evaluate, make_optimizer, obfuscate_once, resolve_device, round_seed, train_steps
 from common.visualmixer import VisualMixer
 
 log = logging.getLogger("flwr")
@@ -48,6 +48,7 @@ class ServerTrainer:
     test_set: ImageSet | None = field(init=False, default=None)
     start_round: int = field(init=False, default=1)
     samples_saved: bool = field(init=False, default=False)
+    _central_images: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -58,11 +59,6 @@ class ServerTrainer:
         if cfg.exchange in ("images", "activations"):
             self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
         self.store = RunStore(cfg.output_dir, cfg.run_name)
-        self.mixer = (
-            VisualMixer(cfg.target_vfe, region_size=cfg.region_size)
-            if cfg.uses_visualmixer
-            else None
-        )
         self._load_test_set()
         self._resume()
         self.store.write_config(cfg.to_dict())
@@ -168,8 +164,26 @@ class ServerTrainer:
         """
         if self.test_set is None or self.config.exchange == "activations":
             return {}
-        accuracy, loss = evaluate(self.model, self.test_set.images, self.test_set.labels, self.mixer, device=self.device)
+        images = self.central_eval_images()
+        accuracy, loss = evaluate(self.model, images, self.test_set.labels, device=self.device)
         return {"central-accuracy": accuracy, "central-loss": loss}
+
+    def central_eval_images(self) -> torch.Tensor:
+        """The test split as the model is scored on it: with VisualMixer, obfuscated once
+        per run from a fixed seed (round 0, node -1), so every round sees the same copy and
+        a resumed run rebuilds the very same one."""
+        if not self.config.uses_visualmixer:
+            return self.test_set.images
+        if self._central_images is None:
+            cfg = self.config
+
+            def mixer_for_seed(seed: int) -> VisualMixer:
+                return VisualMixer(cfg.target_vfe, region_size=cfg.region_size, seed=seed)
+
+            self._central_images = obfuscate_once(
+                self.test_set.images, mixer_for_seed, round_seed(cfg.seed, 0, -1), self.device
+            )
+        return self._central_images
 
     # -- bookkeeping -----------------------------------------------------------------------
     def finish_round(self, server_round: int, row: dict) -> None:

@@ -94,6 +94,52 @@ def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path
     assert context.state[SPLIT_BATCH]["images"].numpy().dtype == np.uint8
 
 
+def _evaluation_metrics(grid) -> dict[int, list[dict]]:
+    """Per node, the metrics of its evaluate replies in round order."""
+    out: dict[int, list[dict]] = {}
+    for reply in grid.received:
+        if reply.metadata.message_type == "evaluate" and reply.has_content():
+            out.setdefault(reply.metadata.src_node_id, []).append(dict(reply.content["metrics"]))
+    return out
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_federated_evaluation_uses_one_obfuscated_copy_per_run(tmp_path, monkeypatch, keep):
+    """A node obfuscates its held-out split once (seeded) and keeps the copy in
+    context.state; one too large to keep is made again each round, identical."""
+    from client import client_app
+    from client.node import Node
+    from common.visualmixer import visual_feature_entropy
+
+    if not keep:
+        monkeypatch.setattr(client_app, "EVAL_CACHE_BYTES", 0)
+    grid, rows, _, _ = run(tmp_path, f"eval-{keep}", exchange="images")
+    for node, metrics in _evaluation_metrics(grid).items():
+        assert len(metrics) == 2 and metrics[0]["obfuscation-seconds"] > 0
+        assert (metrics[1]["obfuscation-seconds"] == 0) == keep
+        context = grid.contexts[node]
+        assert (client_app.EVAL_SET in context.state) == keep
+        images, labels, _ = Node.from_context(context).evaluation_set()
+        if keep:
+            record = context.state[client_app.EVAL_SET]
+            assert torch.equal(torch.from_numpy(record["images"].numpy()), images)
+            assert torch.equal(torch.from_numpy(record["labels"].numpy()), labels)
+        assert bool((visual_feature_entropy(images) >= 0.8).all())
+
+
+def test_central_evaluation_scores_the_same_obfuscated_copy_every_round(tmp_path):
+    from common.run_config import parse_run_config
+    from server.trainer import ServerTrainer
+
+    config = parse_run_config({**FAST, "output-dir": str(tmp_path), "run-name": "central"})
+    trainer = ServerTrainer(config)
+    copy = trainer.central_eval_images()
+    assert copy is trainer.central_eval_images()  # made once per run
+    assert copy.shape == trainer.test_set.images.shape and not torch.equal(copy, trainer.test_set.images)
+    assert torch.equal(copy, ServerTrainer(config).central_eval_images())  # a resumed run: the same
+    assert trainer.evaluate_central() == trainer.evaluate_central()
+
+
 def _replace_arrays(key, value):
     def tamper(msg, reply):
         arrays = {k: a.numpy() for k, a in reply.content["arrays"].items()}

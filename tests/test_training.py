@@ -39,3 +39,22 @@ def test_without_a_mixer_each_batch_is_the_original():
     out = list(obfuscated_batches(images, labels, batches))
     assert len(out) == 2
     assert torch.equal(out[1][0], images[10:30]) and torch.equal(out[1][1], labels[10:30])
+
+
+def test_obfuscate_once_is_reproducible_and_chunks_use_their_own_seeds(monkeypatch):
+    image, _ = generate_shapes(1, seed=2)
+    images = image.repeat(6, 1, 1, 1)  # three chunks of two identical images
+    monkeypatch.setattr(training, "OBFUSCATION_CHUNK_VALUES", 2 * images[0].numel())
+    seeds: list[int] = []
+
+    def mixer_for_seed(seed: int) -> VisualMixer:
+        seeds.append(seed)
+        return VisualMixer(0.8, seed=seed)
+
+    first = training.obfuscate_once(images, mixer_for_seed, seed=7)
+    assert seeds == [7, 8, 9]
+    assert torch.equal(first, training.obfuscate_once(images, mixer_for_seed, seed=7))
+    assert not torch.equal(first[0], first[2]) and not torch.equal(first[2], first[4])
+    assert bool((visual_feature_entropy(first) >= 0.8).all())
+    assert torch.equal(first.flatten(1).sort(1).values, images.flatten(1).sort(1).values)
+    assert training.obfuscate_once(images[:0], mixer_for_seed, seed=0).shape == (0, 3, 32, 32)
