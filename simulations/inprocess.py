@@ -44,6 +44,8 @@ class FakeGrid:
         self.sent: list[Message] = []
         self.client_seconds = 0.0  # time spent inside ClientApp handlers
         self.received: list[Message] = []  # every reply that reached the server
+        # (server round, seconds inside the ClientApp, reply or None) for every message
+        self.log: list[tuple[int, float, Message | None]] = []
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -55,10 +57,19 @@ class FakeGrid:
             node = msg.metadata.dst_node_id
             start = time.perf_counter()
             reply = client_app(msg, self.contexts[node])
-            self.client_seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.client_seconds += seconds
             if node in self.tamper:
                 reply = self.tamper[node](msg, reply)
+            self.log.append((_server_round(msg), seconds, reply))
             if reply is not None:  # None = the node timed out
                 replies.append(reply)
                 self.received.append(reply)
         return replies
+
+
+def _server_round(msg: Message) -> int:
+    """The round a server message belongs to (every message this app sends carries it)."""
+    if "config" not in msg.content or "server-round" not in msg.content["config"]:
+        return 0
+    return int(msg.content["config"]["server-round"])
