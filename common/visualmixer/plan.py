@@ -72,7 +72,7 @@ def predicted_region_vfe(stats: RegionStats, block_sizes: tuple[int, ...]) -> to
     gaps = torch.arange(1, r, device=stats.variance.device)  # a gap sits before column `gaps`
     sizes = torch.tensor(block_sizes, device=gaps.device)
     inside = (gaps.unsqueeze(1) % sizes.unsqueeze(0) != 0).float()  # (r-1, K)
-    energy_inside = stats.col_energy @ inside + stats.row_energy @ inside  # (B, C, N, K)
+    energy_inside = stats.gap_energy @ inside  # (B, C, N, K)
     pairs = 2 * r * (r - 1)
     cross = (2 * r * (r // sizes - 1)).float() / pairs  # (K,)
     denom = (2.0 * pairs) * stats.variance.clamp_min(1e-30).unsqueeze(-1)

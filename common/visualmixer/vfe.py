@@ -51,8 +51,9 @@ class RegionStats:
     """
 
     variance: torch.Tensor  # (B, C, N) unbiased variance of each region's values
-    col_energy: torch.Tensor  # (B, C, N, r-1) squared horizontal differences, summed per column gap
-    row_energy: torch.Tensor  # (B, C, N, r-1) squared vertical differences, summed per row gap
+    # (B, C, N, r-1) squared differences of the pairs across gap g: horizontal pairs
+    # (x = g, g+1) in every row plus vertical pairs (y = g, g+1) in every column
+    gap_energy: torch.Tensor
     valid: torch.Tensor  # (B, C, N) bool, False for flat regions
     region_size: int
 
@@ -66,7 +67,7 @@ class RegionStats:
     @property
     def pair_energy(self) -> torch.Tensor:
         """(B, C, N) sum of squared differences over all adjacent pairs inside each region."""
-        return self.col_energy.sum(-1) + self.row_energy.sum(-1)
+        return self.gap_energy.sum(-1)
 
 
 def _gap_matrices(r: int, per_gap: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,11 +87,12 @@ def _gap_matrices(r: int, per_gap: bool, device: torch.device) -> tuple[torch.Te
     return cols, rows
 
 
-def region_energy(values: torch.Tensor, per_gap: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared in-region differences of a float (B, C, N, r, r) tensor, per column/row gap.
+def region_energy(values: torch.Tensor, per_gap: bool = True) -> torch.Tensor:
+    """Squared in-region differences of a float (B, C, N, r, r) tensor, summed per gap.
 
-    Returns (B, C, N, r-1) column-gap and row-gap sums, or (B, C, N, 1) totals without
-    ``per_gap``. The differences are taken on the flat, contiguous tensor into one reused
+    Returns (B, C, N, r-1): gap g holds the horizontal pairs (x = g, g+1) of every row plus
+    the vertical pairs (y = g, g+1) of every column; without ``per_gap``, (B, C, N, 1)
+    totals. The differences are taken on the flat, contiguous tensor into one reused
     buffer, and a 0/1 matrix product keeps only the pairs inside a region row or column,
     so pairs that wrap across rows or regions never count.
     """
@@ -100,11 +102,11 @@ def region_energy(values: torch.Tensor, per_gap: bool = True) -> tuple[torch.Ten
     diff = scratch("diff", flat.shape, flat.dtype, flat.device)
     torch.sub(flat[1:], flat[:-1], out=diff[:-1])
     diff[-1:] = 0
-    col_energy = diff.square_().view(-1, r * r) @ cols
+    energy = diff.square_().view(-1, r * r) @ cols
     torch.sub(flat[r:], flat[:-r], out=diff[:-r])
     diff[-r:] = 0
-    row_energy = diff.square_().view(-1, r * r) @ rows
-    return col_energy.view(b, c, n, -1), row_energy.view(b, c, n, -1)
+    energy.addmm_(diff.square_().view(-1, r * r), rows)
+    return energy.view(b, c, n, -1)
 
 
 def region_variance(values: torch.Tensor, exact_integers: bool) -> torch.Tensor:
@@ -139,13 +141,11 @@ def region_stats(batch: torch.Tensor, region_size: int) -> RegionStats:
 def stats_of_regions(regions: torch.Tensor) -> RegionStats:
     """:class:`RegionStats` of a (B, C, N, r, r) tensor."""
     values = scratch("values", regions.shape, torch.float32, regions.device).copy_(regions)
-    col_energy, row_energy = region_energy(values)
     exact = regions.dtype == torch.uint8 and regions.shape[-1] <= 16
     variance = region_variance(values, exact)
     return RegionStats(
         variance=variance,
-        col_energy=col_energy,
-        row_energy=row_energy,
+        gap_energy=region_energy(values),
         valid=variance >= flat_threshold(regions.dtype),
         region_size=regions.shape[-1],
     )
@@ -181,8 +181,7 @@ def shuffled_image_vfe(shuffled: torch.Tensor, variance: torch.Tensor, valid: to
     is measured, and only its total per region.
     """
     values = scratch("values", shuffled.shape, torch.float32, shuffled.device).copy_(shuffled)
-    col_energy, row_energy = region_energy(values, per_gap=False)
-    energy = (col_energy + row_energy).squeeze(-1)
+    energy = region_energy(values, per_gap=False).squeeze(-1)
     return _image_mean(_vfe(energy, variance, valid, shuffled.shape[-1]), valid)
 
 
