@@ -100,13 +100,20 @@ def region_energy(values: torch.Tensor, per_gap: bool = True) -> torch.Tensor:
     flat = values.reshape(-1)
     cols, rows = _gap_matrices(r, per_gap, values.device)
     diff = scratch("diff", flat.shape, flat.dtype, flat.device)
-    torch.sub(flat[1:], flat[:-1], out=diff[:-1])
+    _squared_difference(flat[1:], flat[:-1], out=diff[:-1])
     diff[-1:] = 0
-    energy = diff.square_().view(-1, r * r) @ cols
-    torch.sub(flat[r:], flat[:-r], out=diff[:-r])
+    energy = diff.view(-1, r * r) @ cols
+    _squared_difference(flat[r:], flat[:-r], out=diff[:-r])
     diff[-r:] = 0
-    energy.addmm_(diff.square_().view(-1, r * r), rows)
+    energy.addmm_(diff.view(-1, r * r), rows)
     return energy.view(b, c, n, -1)
+
+
+def _squared_difference(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``(a - b) ** 2`` into ``out`` in one pass over memory instead of two (sub, then
+    square): ATen's element-wise ``mse_loss`` (reduction 0 = none), whose Python API has no
+    ``out=``."""
+    return torch.ops.aten.mse_loss.out(a, b, 0, out=out)
 
 
 def region_variance(values: torch.Tensor, exact_integers: bool) -> torch.Tensor:
