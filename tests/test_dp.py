@@ -119,6 +119,8 @@ def test_server_obfuscates_its_test_images_for_visualmixer_plus_dp(tmp_path):
     from server.trainer import ServerTrainer
 
     config = parse_run_config({"defense": "visualmixer+dp-sgd", "output-dir": str(tmp_path), "eval-samples": 10})
-    assert ServerTrainer(config).mixer is not None
+    mixed = ServerTrainer(config)
+    assert not torch.equal(mixed.central_eval_images(), mixed.test_set.images)
     plain = parse_run_config({"defense": "dp-sgd", "output-dir": str(tmp_path), "run-name": "b", "eval-samples": 10})
-    assert ServerTrainer(plain).mixer is None
+    trainer = ServerTrainer(plain)
+    assert trainer.central_eval_images() is trainer.test_set.images
