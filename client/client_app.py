@@ -33,7 +33,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import Node
+from client.node import EvaluationSet, Node
 from common.dp import PrivacyLedger
 
 app = ClientApp()
@@ -107,7 +107,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _evaluation_set(context: Context, node: Node) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _evaluation_set(context: Context, node: Node) -> EvaluationSet:
     """The node's obfuscated held-out copy, made in its first evaluation and kept in
     ``context.state`` when it is at most ``EVAL_CACHE_BYTES`` (a larger one is made again
     each round: same seed, same copy, so only the time differs)."""

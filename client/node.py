@@ -28,6 +28,10 @@ from common.training import (
 from common.visualmixer import VisualMixer
 
 
+# (images, labels, seconds spent obfuscating them) of a node's evaluation set
+EvaluationSet = tuple[torch.Tensor, torch.Tensor, float]
+
+
 @dataclass
 class Node:
     config: RunConfig
@@ -224,7 +228,7 @@ class Node:
         return {"num-examples": len(labels), **extra}
 
     # -- evaluation ----------------------------------------------------------------------
-    def evaluation_set(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def evaluation_set(self) -> EvaluationSet:
         """(images, labels, seconds spent obfuscating) of the held-out split as this node
         evaluates it: with VisualMixer, obfuscated once per run from the round-0 seed, so
         every round sees the same copy (the ClientApp keeps it in ``context.state``)."""
@@ -243,18 +247,20 @@ class Node:
         images = obfuscate_once(held.images, mixer_for_seed, seed, self.device)
         return images, held.labels, sum(m.seconds for m in mixers)
 
-    def _evaluate(self, model: torch.nn.Module, held: tuple[torch.Tensor, torch.Tensor, float] | None) -> dict:
+    def _evaluate(self, model: torch.nn.Module, held: EvaluationSet | None) -> dict:
         images, labels, seconds = held if held is not None else self.evaluation_set()
         accuracy, loss = evaluate(model, images, labels, device=self.device)
         extra = {"obfuscation-seconds": seconds} if self.config.uses_visualmixer else {}
         return {"num-examples": len(labels), "eval-accuracy": accuracy, "eval-loss": loss, **extra}
 
-    def evaluate_model(self, state: dict[str, torch.Tensor], held=None) -> dict:
+    def evaluate_model(self, state: dict[str, torch.Tensor], held: EvaluationSet | None = None) -> dict:
         """Federated evaluation of the global model; ``held`` is :meth:`evaluation_set`'s
         result when the caller kept it (computed here otherwise)."""
         return self._evaluate(self.model(state), held)
 
-    def evaluate_split(self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor], held=None) -> dict:
+    def evaluate_split(
+        self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor], held: EvaluationSet | None = None
+    ) -> dict:
         model = self.model()
         cut = self.config.cut_layer
         model[:cut].load_state_dict(client_part.state_dict())
