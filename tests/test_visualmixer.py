@@ -211,3 +211,20 @@ def test_returned_images_never_share_the_reused_buffers(shapes_batch):
     kept_single = single.clone()
     obfuscate(shapes_batch[1, :, :8, :8].contiguous(), 0.8, seed=5)
     assert torch.equal(single, kept_single)
+
+
+def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool():
+    """512 copies of one 8x8 ramp (distinct values, so an output shows its permutation), all
+    on the pixel rung: the pool holds 512 / REUSE = 64 permutations, each dealt to exactly 8
+    regions; every output is a permutation of the ramp, and another call draws a new pool."""
+    from common.visualmixer.shuffle import REUSE
+
+    ramp = (torch.arange(64, dtype=torch.uint8) * 4).view(1, 1, 8, 8)
+    batch = ramp.expand(512, 1, 8, 8).contiguous()
+    first = obfuscate(batch, 0.3, block_sizes=(1,), seed=3)
+    assert bool((first.block_size == 1).all()) and bool(first.met_target.all())
+    arrangements, counts = first.images.flatten(1).unique(dim=0, return_counts=True)
+    assert len(arrangements) == 512 // REUSE and bool((counts == REUSE).all())
+    assert torch.equal(arrangements.sort(1).values, ramp.flatten(1).expand(len(arrangements), 64))
+    second = obfuscate(batch, 0.3, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
+    assert len(set(map(tuple, arrangements.tolist())) & set(map(tuple, second.tolist()))) == 0
