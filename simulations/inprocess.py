@@ -42,10 +42,14 @@ class FakeGrid:
         }
         self.tamper = tamper or {}
         self.sent: list[Message] = []
-        self.client_seconds = 0.0  # time spent inside ClientApp handlers
         self.received: list[Message] = []  # every reply that reached the server
         # (server round, seconds inside the ClientApp, reply or None) for every message
         self.log: list[tuple[int, float, Message | None]] = []
+
+    @property
+    def client_seconds(self) -> float:
+        """Time spent inside ClientApp handlers, all rounds."""
+        return sum(seconds for _, seconds, _ in self.log)
 
     def get_node_ids(self):
         return list(self.contexts)
@@ -58,7 +62,6 @@ class FakeGrid:
             start = time.perf_counter()
             reply = client_app(msg, self.contexts[node])
             seconds = time.perf_counter() - start
-            self.client_seconds += seconds
             if node in self.tamper:
                 reply = self.tamper[node](msg, reply)
             self.log.append((_server_round(msg), seconds, reply))
