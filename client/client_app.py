@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -69,10 +68,7 @@ def upload_activations(msg: Message, context: Context) -> Message:
     activations, labels, metrics, batch = node.client_forward(client_part, server_round)
     _save(context, client_part, optimizer)  # first round: keep the layers it started from
     # The backward pass needs the same obfuscated batch: keep it rather than redo the work.
-    context.state[SPLIT_BATCH] = ArrayRecord({
-        "images": Array(batch.numpy()), "labels": Array(labels.numpy()),
-        "round": Array(np.array([server_round])),
-    })
+    context.state[SPLIT_BATCH] = _images_record(batch, labels, round=torch.tensor([server_round]))
     arrays = ArrayRecord(
         {"activations": Array(activations.numpy()), "labels": Array(labels.numpy())}
     )
@@ -113,13 +109,10 @@ def _evaluation_set(context: Context, node: Node) -> EvaluationSet:
     each round: same seed, same copy, so only the time differs)."""
     record = context.state.get(EVAL_SET)
     if record is not None:
-        images, labels = (torch.from_numpy(record[k].numpy()) for k in ("images", "labels"))
-        return images, labels, 0.0
+        return (*_images_of(record), 0.0)
     images, labels, seconds = node.evaluation_set()
     if node.config.uses_visualmixer and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
-        context.state[EVAL_SET] = ArrayRecord(
-            {"images": Array(images.numpy()), "labels": Array(labels.numpy())}
-        )
+        context.state[EVAL_SET] = _images_record(images, labels)
     return images, labels, seconds
 
 
@@ -128,6 +121,17 @@ def _split_batch(context: Context, server_round: int) -> tuple[torch.Tensor, tor
     record = context.state.get(SPLIT_BATCH)
     if record is None or int(record["round"].numpy()[0]) != server_round:
         return None
+    return _images_of(record)
+
+
+def _images_record(images: torch.Tensor, labels: torch.Tensor, **extra: torch.Tensor) -> ArrayRecord:
+    """Images and labels (plus ``extra`` tensors) as a record for ``context.state``."""
+    tensors = {"images": images, "labels": labels, **extra}
+    return ArrayRecord({k: Array(v.numpy()) for k, v in tensors.items()})
+
+
+def _images_of(record: ArrayRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) kept by :func:`_images_record`."""
     return torch.from_numpy(record["images"].numpy()), torch.from_numpy(record["labels"].numpy())
 
 
