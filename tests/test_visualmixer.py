@@ -228,3 +228,59 @@ def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool():
     assert torch.equal(arrangements.sort(1).values, ramp.flatten(1).expand(len(arrangements), 64))
     second = obfuscate(batch, 0.3, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
     assert len(set(map(tuple, arrangements.tolist())) & set(map(tuple, second.tolist()))) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("block", [2, 4])
+def test_coarse_rungs_move_whole_blocks(dtype, block):
+    """On a block rung every output block is one of its region's input blocks, intact (the
+    uint8 and float32 paths move block rows as machine words, float64 as values)."""
+    ramp = (torch.arange(64) * 4).view(8, 8)  # distinct values, smooth: every region moves
+    images = ramp.repeat(32, 1, 2, 2).to(torch.uint8).to(dtype)  # (32, 1, 16, 16)
+    result = obfuscate(images, 0.9, block_sizes=(block,), chromatic=False, seed=1)
+    moved = result.block_size.flatten() == block
+    assert bool(moved.all())
+
+    def blocks(x):  # (B*N, blocks per region, block*block), each block's values in order
+        regions = x.unfold(2, 8, 8).unfold(3, 8, 8).reshape(-1, 8, 8)
+        return regions.unfold(1, block, block).unfold(2, block, block).reshape(len(regions), -1, block * block)
+
+    before, after = blocks(images)[moved], blocks(result.images)[moved]
+    for original, shuffled in zip(before, after):
+        assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, original.tolist()))
+    assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("n", [4, 100])
+def test_random_permutations_are_uniform(n):
+    """The packed-key sort gives permutations, each equally likely (n=4: chi-square over all
+    24; n=100, the 64-bit key path: where element 0 lands)."""
+    from common.visualmixer.shuffle import _random_permutations
+
+    generator = torch.Generator().manual_seed(0)
+    perms = _random_permutations((24_000,), n, generator, torch.device("cpu"))
+    assert perms.dtype == torch.int64
+    assert torch.equal(perms.sort(1).values, torch.arange(n).expand(24_000, n))
+    if n == 4:
+        _, counts = perms.unique(dim=0, return_counts=True)
+        assert len(counts) == 24
+    else:
+        counts = torch.bincount((perms == 0).float().argmax(1), minlength=n)
+    expected = 24_000 / len(counts)
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < len(counts) + 6 * (2 * len(counts)) ** 0.5  # ~6 sigma above the mean
+
+
+def test_rows_are_grouped_by_rung_each_once():
+    from common.visualmixer.shuffle import _rows_by_rung
+
+    generator = torch.Generator().manual_seed(0)
+    rungs = torch.randint(0, 4, (50, 16), generator=generator)
+    order = _rows_by_rung(rungs, 3, generator)
+    assert torch.equal(order.sort().values, torch.arange(50 * 3 * 16))
+    image, channel, region = order // 48, order // 16 % 3, order % 16
+    rung = rungs[image, region]
+    assert bool((rung[1:] >= rung[:-1]).all())
+    assert torch.equal(channel.view(-1, 3), torch.arange(3).expand(50 * 16, 3))
+    again = _rows_by_rung(rungs, 3, torch.Generator().manual_seed(1))
+    assert not torch.equal(order, again)  # the order within a rung is random

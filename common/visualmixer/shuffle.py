@@ -17,19 +17,23 @@ Drawing an independent uniform permutation of ``r*r`` pixels for every (image, c
 region) by sorting random keys costs many times more than the gather itself. Instead, each
 call draws, per rung in use, a fresh pool of uniform block permutations, and the output
 rows of that rung are dealt to the pool entries in a random order (row ``t`` of a random
-ordering takes entry ``t mod size``). Each region's arrangement is therefore exactly
-uniformly distributed, but within one call about ``count / size`` region-channels share each
-entry. A pool holds one entry per ``REUSE`` region-channels of its rung, between ``MIN_POOL``
+ordering of the rung's (image, region) pairs, each pair's channels side by side, takes
+entry ``t mod size``, so a region's channels never share an entry). Each region's
+arrangement is therefore exactly uniformly distributed, but within one call about
+``count / size`` region-channels share each entry. A pool holds one entry per ``REUSE`` region-channels of its rung, between ``MIN_POOL``
 and ``POOL_SIZE`` (1024 32x32 RGB images at the default target put about 23,000
 region-channels on each of the two finest rungs: 1024 entries each, every entry dealt to
 about 23 region-channels, mostly of different images). Dealing rows evenly keeps the
 shuffle cheap: the rows of a rung, grouped, form a regular (rounds, size, r*r) block, so one
 ``torch.gather`` with the pool broadcast over the rounds moves every value, with no
-full-size int64 index to build. The pool is never sent, kept or reused across calls.
+full-size int64 index to build. Coarse rungs move each block row as one machine word (a 2x2
+block of uint8 is two int16), so their gathers and pools are smaller still. The pool is
+never sent, kept or reused across calls.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from itertools import permutations
 
@@ -50,46 +54,76 @@ def pool_size_for(region_channels: int) -> int:
 
 
 @lru_cache(maxsize=32)
-def _pixel_tables(block: int, region_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(origin of each block, block of each pixel, offset of each pixel in its block).
+def _word_tables(block: int, region_size: int, words: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(origin of each block, block of each word, offset of each word in its block) for a
+    region stored as ``r`` rows of ``r / block`` block rows of ``words`` words each.
 
     A block permutation ``perm`` (block j of the output comes from block perm[j]) becomes
-    the pixel permutation ``origin[perm][:, block] + offset``.
+    the word permutation ``origin[perm][:, block_of_word] + offset``.
     """
-    r = region_size
-    yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
-    per_side = r // block
+    per_side = region_size // block
+    row = per_side * words  # words in one row of the region
+    y = torch.arange(region_size).view(-1, 1, 1)
+    x = torch.arange(per_side).view(1, -1, 1)
+    q = torch.arange(words).view(1, 1, -1)
     j = torch.arange(per_side * per_side)
-    origin = (j // per_side) * (block * r) + (j % per_side) * block
-    which = ((yy // block) * per_side + xx // block).reshape(-1)
-    offset = ((yy % block) * r + xx % block).reshape(-1)
+    origin = (j // per_side) * (block * row) + (j % per_side) * words
+    which = ((y // block) * per_side + x).expand(-1, -1, words).reshape(-1)
+    offset = ((y % block) * row + q).expand(-1, per_side, -1).reshape(-1)
     return origin.to(device), which.to(device), offset.to(device)
 
 
 def block_permutations(
-    block: int, region_size: int, size: int, generator: torch.Generator | None, device: torch.device
+    block: int,
+    region_size: int,
+    size: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    words: int | None = None,
 ) -> torch.Tensor:
-    """(size, r*r) int64: ``size`` uniform random permutations of a region's blocks of side
-    ``block``, as the source pixel of each output pixel (``block == r`` is the identity)."""
-    origin, which, offset = _pixel_tables(block, region_size, device)
-    if len(origin) == 1:
-        return offset.expand(size, -1)
+    """(size, r * r/block * words) int64: ``size`` uniform random permutations of a region's
+    blocks of side ``block``, as the source word of each output word, for a region stored
+    as rows of ``words`` words per block row (default ``block``: one word per pixel)."""
+    words = block if words is None else words
+    origin, which, offset = _word_tables(block, region_size, words, device)
     block_perm = _random_permutations((size,), len(origin), generator, device)
-    if block == 1:  # single pixels: the block permutation is the pixel permutation
+    if len(offset) == len(origin):  # one word per block: the block permutation is the answer
         return block_perm
     return origin[block_perm][:, which] + offset
+
+
+def _numpy_generator(generator: torch.Generator | None) -> np.random.Generator:
+    """A numpy generator seeded from ``generator`` (or torch's global one), so seeded calls
+    stay reproducible and unseeded ones follow ``torch.manual_seed``."""
+    seed = torch.randint(0, 2**63 - 1, (), generator=generator)
+    return np.random.default_rng(int(seed))
 
 
 def _random_permutations(
     shape: tuple[int, ...], n: int, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
-    """Uniform random permutations of ``n`` along a new last dim: the argsort of random keys."""
-    keys = torch.rand(*shape, n, generator=generator, device=device)
-    if device.type == "cpu":
-        # numpy sorts many short rows about 3x faster than torch's CPU sort; the keys, and
-        # so the permutations' distribution, are the same.
-        return torch.from_numpy(np.argsort(keys.numpy(), axis=-1))
-    return keys.argsort(-1)
+    """Uniform random permutations of ``n`` along a new last dim: the order of random keys.
+
+    On CPU each key packs random high bits above its own index, so sorting the keys'
+    values (numpy's vectorised sort, several times faster than an argsort of float keys)
+    and keeping the low bits gives the permutation. Rows of up to 64 use 32-bit keys with
+    at least 26 random bits: two keys of a row tie in their random bits with probability
+    below 64**2 / 2**27 = 3e-5 (float32 keys, 24 random bits, are no better); longer rows
+    use 64-bit keys. CUDA sorts float keys on the device.
+    """
+    if device.type != "cpu":
+        return torch.rand(*shape, n, generator=generator, device=device).argsort(-1)
+    count = math.prod(shape) * n
+    bits = max(1, (n - 1).bit_length())
+    raw = _numpy_generator(generator).bit_generator.random_raw(count if n > 64 else (count + 1) // 2)
+    keys = raw if n > 64 else raw.view(np.uint32)[:count]
+    low = keys.dtype.type((1 << bits) - 1)
+    keys = keys.reshape(*shape, n)
+    keys &= ~low
+    keys |= np.arange(n, dtype=keys.dtype)
+    keys.sort(axis=-1)
+    keys &= low
+    return torch.from_numpy(keys.astype(np.int64))
 
 
 @lru_cache(maxsize=None)
@@ -137,6 +171,35 @@ def region_permutation(
     return src.permute(0, 1, 3, 2, 4).reshape(batch_size, n)
 
 
+def _rows_by_rung(rungs: torch.Tensor, channels: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Every output row (image, channel, region) once, grouped by rung (ascending), the
+    (image, region) pairs in a uniformly random order within a rung and a pair's channels
+    side by side.
+
+    One sort of packed keys (rung, random bits, index) replaces a random permutation
+    followed by a stable sort by rung.
+    """
+    b, n = rungs.shape
+    pairs = b * n
+    bits = max(1, (pairs - 1).bit_length())
+    if rungs.device.type == "cpu":
+        raw = _numpy_generator(generator).bit_generator.random_raw(pairs)
+        random = torch.from_numpy((raw >> np.uint64(6)).view(np.int64))
+    else:
+        random = torch.randint(0, 2**58, (pairs,), generator=generator, device=rungs.device)
+    # Bits 58-62 hold the rung, then random bits, then the pair's index in the low bits.
+    index = torch.arange(pairs, device=rungs.device)
+    keys = ((random >> bits) << bits) | (rungs.reshape(-1) << 58) | index
+    if keys.device.type == "cpu":
+        keys = torch.from_numpy(np.sort(keys.numpy()))
+    else:
+        keys = keys.sort().values
+    pair = keys & ((1 << bits) - 1)
+    image, region = pair // n, pair % n
+    channel = torch.arange(channels, device=rungs.device) * n
+    return ((image * (channels * n) + region).unsqueeze(1) + channel).view(-1)
+
+
 def shuffle_regions(
     regions: torch.Tensor,
     rungs: torch.Tensor,
@@ -168,11 +231,7 @@ def shuffle_regions(
     offset = torch.arange(b, device=device).unsqueeze(1) * (c * n)
     source_row = (source + offset).view(-1)  # (B*C*N,) input row of every output row
 
-    # Output rows grouped by rung, in random order within each rung (a stable sort of
-    # narrow keys is about twice as fast as one boolean mask per rung).
-    order = torch.randperm(total, generator=generator, device=device)
-    rung_of_row = rungs.to(torch.uint8).unsqueeze(1).expand(b, c, n).reshape(-1)[order]
-    order = order[torch.sort(rung_of_row, stable=True).indices]
+    order = _rows_by_rung(rungs, c, generator)  # (B*C*N,) output rows, grouped by rung
     counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * c).tolist()
 
     rows = regions.reshape(total, rr)
@@ -191,15 +250,20 @@ def shuffle_regions(
         if k == 0:  # rung 0 (block = region) leaves the region as is
             into.copy_(segment)
             continue
+        # Move each block row (``block`` contiguous values) as one machine word when one
+        # fits: a 2x2 block is two int16 words of uint8, so the gather moves half as much.
+        segment, words = as_words(segment, block_sizes[k])
+        into, _ = as_words(into, block_sizes[k])
         size = pool_size_for(count)
-        pool = block_permutations(block_sizes[k], r, size, generator, device)  # (size, rr)
+        pool = block_permutations(block_sizes[k], r, size, generator, device, words)
+        width = pool.shape[1]
         full, rest = divmod(count, size)
         if full:
             torch.gather(
-                segment[: full * size].view(full, size, rr),
+                segment[: full * size].view(full, size, width),
                 2,
-                pool.expand(full, size, rr),
-                out=into[: full * size].view(full, size, rr),
+                pool.expand(full, size, width),
+                out=into[: full * size].view(full, size, width),
             )
         if rest:
             torch.gather(segment[full * size :], 1, pool[:rest], out=into[full * size :])
