@@ -69,15 +69,22 @@ def predicted_region_vfe(stats: RegionStats, block_sizes: tuple[int, ...]) -> to
     Flat regions get 0 (they are excluded from the image mean, see ``vfe.py``).
     """
     r = stats.region_size
-    gaps = torch.arange(1, r, device=stats.variance.device)  # a gap sits before column `gaps`
-    sizes = torch.tensor(block_sizes, device=gaps.device)
-    inside = (gaps.unsqueeze(1) % sizes.unsqueeze(0) != 0).float()  # (r-1, K)
+    inside, cross = _rung_tables(r, tuple(block_sizes), stats.variance.device)
     energy_inside = stats.gap_energy @ inside  # (B, C, N, K)
     pairs = 2 * r * (r - 1)
-    cross = (2 * r * (r // sizes - 1)).float() / pairs  # (K,)
     denom = (2.0 * pairs) * stats.variance.clamp_min(1e-30).unsqueeze(-1)
     predicted = energy_inside / denom + cross
     return predicted * stats.valid.unsqueeze(-1)
+
+
+@lru_cache(maxsize=64)
+def _rung_tables(r: int, block_sizes: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r-1, K) 0/1: gap g stays inside a block at rung k; (K,) share of cross-block pairs."""
+    gaps = torch.arange(1, r)  # a gap sits before column `gaps`
+    sizes = torch.tensor(block_sizes)
+    inside = (gaps.unsqueeze(1) % sizes.unsqueeze(0) != 0).float()
+    cross = (2 * r * (r // sizes - 1)).float() / (2 * r * (r - 1))
+    return inside.to(device), cross.to(device)
 
 
 @lru_cache(maxsize=64)

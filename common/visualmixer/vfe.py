@@ -32,6 +32,7 @@ Images must tile exactly into regions; other sizes raise ``ValueError`` (see
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 
@@ -70,6 +71,7 @@ class RegionStats:
         return self.gap_energy.sum(-1)
 
 
+@lru_cache(maxsize=32)
 def _gap_matrices(r: int, per_gap: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """0/1 matrices that sum flat neighbour differences per column / row gap.
 
