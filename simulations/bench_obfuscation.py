@@ -2,8 +2,9 @@
 
     python -m simulations.bench_obfuscation [--repeats N] [--target-vfe X]
 
-Prints one JSON line per configuration (32x32 uint8 batch 1024 and 224x224 uint8 batch 32,
-on CPU and on CUDA when present), all measured in the same run on the same batch:
+Prints one JSON line per configuration (32x32 uint8 batches of 1024 and of 256, a client's
+upload per round, and 224x224 uint8 batch 32; on CPU and on CUDA when present), each
+measured in the same run on the same batch:
 
 * ``transform_ips``: images/s of ``obfuscate`` (VFE + plan + shuffle + measured VFE);
 * ``gather_ips``: images/s of one ``torch.gather`` of the batch with a precomputed index;
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
     for device in devices:
-        for batch, size in ((1024, 32), (32, 224)):
+        for batch, size in ((1024, 32), (256, 32), (32, 224)):
             print(json.dumps(bench(batch, size, device, args.target_vfe, args.repeats)), flush=True)
 
 
