@@ -1,6 +1,6 @@
 """Throughput of the full VisualMixer transform against the least work any shuffle must do.
 
-    python -m simulations.bench_obfuscation [--repeats N] [--target-vfe X]
+    python -m simulations.bench_obfuscation [--repeats N] [--target-vfe X] [--data-dir DIR]
 
 Prints one JSON line per configuration (32x32 uint8 batches of 1024 and of 256, a client's
 upload per round, and 224x224 uint8 batch 32; on CPU and on CUDA when present), each
@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from common.data import load_dataset
 from common.models import build_model
 from common.shapes import generate_shapes
 from common.training import to_model_input
@@ -45,16 +46,25 @@ def _interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def images(batch: int, size: int) -> torch.Tensor:
-    x, _ = generate_shapes(batch, seed=0)
+def images(batch: int, size: int, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """``batch`` 32x32 images (evenly spaced through ``pool``, else generated ``shapes``),
+    upscaled to ``size``."""
+    if pool is None:
+        x, _ = generate_shapes(batch, seed=0)
+    else:
+        if len(pool) < batch:
+            raise ValueError(f"--data-dir holds {len(pool)} test images, fewer than batch {batch}")
+        x = pool[torch.arange(batch) * (len(pool) // batch)]
     if size != 32:
         x = torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear")
         x = x.round().clamp(0, 255).to(torch.uint8)
     return x
 
 
-def bench(batch: int, size: int, device: torch.device, target: float, repeats: int) -> dict:
-    x = images(batch, size).to(device)
+def bench(
+    batch: int, size: int, device: torch.device, target: float, repeats: int, pool: torch.Tensor | None = None
+) -> dict:
+    x = images(batch, size, pool).to(device)
     flat = x.view(batch, -1)
     index = torch.rand(flat.shape, device=device).argsort(1)
     fns = {
@@ -93,12 +103,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
+    parser.add_argument(
+        "--data-dir", default="",
+        help="an ImageFolder tree (DIR/test/<class>/...): time its 32x32 test images instead of shapes",
+    )
     args = parser.parse_args(argv)
+    pool = load_dataset("folder", "test", args.data_dir).images if args.data_dir else None
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
     for device in devices:
         for batch, size in ((1024, 32), (256, 32), (32, 224)):
-            print(json.dumps(bench(batch, size, device, args.target_vfe, args.repeats)), flush=True)
+            row = bench(batch, size, device, args.target_vfe, args.repeats, pool)
+            print(json.dumps({"images": "folder" if args.data_dir else "shapes", **row}), flush=True)
 
 
 if __name__ == "__main__":

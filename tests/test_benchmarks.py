@@ -14,3 +14,28 @@ def test_bench_rounds_splits_the_obfuscation_share_by_round():
     for key in ("obfuscation_share_round_1", "obfuscation_share_later_rounds"):
         assert 0 < mixed[key] < 1 and plain[key] == 0
     assert mixed["obfuscation_seconds_per_round"] > 0 == plain["obfuscation_seconds_per_round"]
+
+
+def test_bench_obfuscation_times_images_from_a_folder(tmp_path):
+    """With --data-dir the benchmark times real images from the test split (here a tiny
+    ImageFolder tree), and says so; too few images is a clear error."""
+    import pytest
+    import torch
+    from PIL import Image
+
+    from common.data import load_dataset
+    from simulations import bench_obfuscation
+
+    generator = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        for i in range(8):
+            pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "test" / cls / f"{i}.png")
+    pool = load_dataset("folder", "test", tmp_path).images
+    batch = bench_obfuscation.images(8, 32, pool)
+    assert batch.shape == (8, 3, 32, 32) and torch.equal(batch[1], pool[2])
+    row = bench_obfuscation.bench(8, 32, torch.device("cpu"), 0.8, 1, pool)
+    assert row["transform_ips"] > 0 and row["transform_vs_gather"] > 0 and "train_step_ips" in row
+    with pytest.raises(ValueError, match="fewer than batch 32"):
+        bench_obfuscation.images(32, 32, pool)
