@@ -39,3 +39,18 @@ def test_bench_obfuscation_times_images_from_a_folder(tmp_path):
     assert row["transform_ips"] > 0 and row["transform_vs_gather"] > 0 and "train_step_ips" in row
     with pytest.raises(ValueError, match="fewer than batch 32"):
         bench_obfuscation.images(32, 32, pool)
+
+
+def test_profile_obfuscation_counts_the_operators_of_one_call(tmp_path):
+    import json
+
+    import torch
+
+    from simulations import profile_obfuscation
+
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    trace = tmp_path / "trace.json"
+    row = profile_obfuscation.profile_call(x, 0.8, repeats=2, trace=str(trace))
+    assert row["device"] == "cpu" and row["batch"] == 8 and row["wall_ms"] > 0
+    assert 50 < row["operators"] < 1000  # one call dispatches a few hundred operators
+    assert "traceEvents" in json.loads(trace.read_text())

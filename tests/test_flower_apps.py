@@ -88,8 +88,8 @@ def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path
     assert stored is not None and _split_batch(context, 2) is None  # keyed by round
     uploads = [r.content["arrays"] for r in grid.received if "arrays" in r.content]
     node = Node.from_context(context)
-    redrawn, labels, _ = node.split_batch(1)
-    assert torch.equal(redrawn, stored[0]) and torch.equal(labels, stored[1])
+    redrawn, labels, _ = node.split_batch(1)  # on the node's device (CUDA where present)
+    assert torch.equal(redrawn.cpu(), stored[0]) and torch.equal(labels.cpu(), stored[1])
     assert any(torch.equal(torch.from_numpy(u["labels"].numpy()), stored[1]) for u in uploads)
     assert context.state[SPLIT_BATCH]["images"].numpy().dtype == np.uint8
 

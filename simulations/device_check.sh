@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check: the CUDA tests, then the benchmarks with a CUDA device, in one go.
+#
+#   simulations/device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]
+#
+# Run it on a machine whose `python3` has PyTorch with CUDA and this project's other
+# requirements (docs/gpu.md says how it was run on a lent H100). It runs, each under its own
+# time limit so a hang cannot eat the rest:
+#   1. the in-process tests (tests/test_cuda.py and every test that follows run-config
+#      device=auto onto the GPU; no Ray, no SuperLink);
+#   2. bench_obfuscation (CPU and CUDA rows), on CIFAR-10 test images when the archive is given;
+#   3. bench_step with --device cuda;
+#   4. profile_obfuscation on CUDA (and the CPU, for comparison), with a Chrome trace;
+#   5. bench_rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA.
+# Logs and JSON lines land in OUT_DIR; the exit status is the tests'.
+set -uo pipefail
+out=${1:?usage: device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]}
+archive=${2:-}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_HOME="$(mktemp -d)"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
+    'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
+
+[ -n "$archive" ] && export CIFAR10_JPG="$archive"  # the CIFAR-10 loader test reads it
+timeout 300 python3 -m pytest -q -p no:cacheprovider -m "not slow and not deployment" \
+    tests/test_cuda.py tests/test_visualmixer.py tests/test_vfe.py tests/test_st_adam.py \
+    tests/test_models_data.py tests/test_training.py tests/test_dp.py tests/test_flower_apps.py \
+    tests/test_attacks.py --junitxml "$out/junit.xml" 2>&1 | tee "$out/pytest.log"
+status=${PIPESTATUS[0]}
+
+data=()
+if [ -n "$archive" ]; then
+    cifar=$(mktemp -d)
+    tar -xzf "$archive" -C "$cifar"
+    data=(--data-dir "$cifar")
+fi
+timeout 90 python3 -m simulations.bench_obfuscation --repeats 10 "${data[@]}" | tee "$out/bench-obfuscation.jsonl"
+timeout 60 python3 -m simulations.bench_step --device cuda | tee "$out/bench-step.jsonl"
+for args in "--device cuda --batch 256 --trace $out/trace-cuda-256.json" "--device cuda --batch 1024" \
+            "--device cuda --batch 32 --size 224" "--device cpu --batch 256"; do
+    # shellcheck disable=SC2086  # word splitting of $args is wanted
+    timeout 60 python3 -m simulations.profile_obfuscation $args "${data[@]}" | tee -a "$out/profile.jsonl"
+done
+if [ -n "$archive" ]; then
+    timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" --rounds 3 --repeats 3 \
+        | tee "$out/bench-rounds.jsonl"
+fi
+echo "tests exit status: $status"
+exit "$status"

@@ -1,0 +1,89 @@
+"""Where one ``obfuscate`` call spends its time: host operators, device kernels, syncs.
+
+    python -m simulations.profile_obfuscation [--batch 256] [--size 32] [--device auto]
+                                              [--data-dir DIR] [--trace FILE]
+
+Prints one JSON line: the call's wall time (median of ``--repeats``), how many PyTorch
+operators it dispatches, and on CUDA how many kernels it launches, their summed device
+time and how many times the host waits for the device. When the kernels' time is a small
+part of the wall time, the call is bound by per-operator host overhead (launches,
+dispatch, syncs) rather than by memory or arithmetic: fusing operators, not faster
+kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from common.data import load_dataset
+from common.training import resolve_device
+from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
+from simulations.bench_obfuscation import images
+
+# Host-side runtime calls that wait for the device.
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None = None) -> dict:
+    device = x.device
+    for _ in range(3):  # warm-up: lazy module loading, cached tables, allocator
+        obfuscate(x, target)
+    _sync(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        obfuscate(x, target)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        obfuscate(x, target)
+        _sync(device)
+    if trace:
+        prof.export_chrome_trace(trace)
+    events = prof.events()
+    operators = [e for e in events if e.name.startswith("aten::") and e.cpu_parent is None]
+    row = {
+        "device": str(device),
+        "batch": x.shape[0],
+        "size": x.shape[-1],
+        "wall_ms": round(statistics.median(seconds) * 1e3, 3),
+        "operators": len(operators),
+    }
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        row["kernels"] = len(kernels)
+        row["kernel_ms"] = round(sum(e.time_range.elapsed_us() for e in kernels) / 1e3, 3)
+        row["syncs"] = sum(1 for e in events if e.name.startswith(SYNC_CALLS))
+        row["kernel_share_of_wall"] = round(row["kernel_ms"] / row["wall_ms"], 3)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
+    parser.add_argument("--data-dir", default="", help="an ImageFolder tree: profile its 32x32 test images")
+    parser.add_argument("--trace", default="", help="write a Chrome trace of one call here")
+    args = parser.parse_args(argv)
+    pool = load_dataset("folder", "test", args.data_dir).images if args.data_dir else None
+    x = images(args.batch, args.size, pool).to(resolve_device(args.device))
+    print(json.dumps(profile_call(x, args.target_vfe, args.repeats, args.trace or None)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The CUDA paths, checked against the CPU ones. Skipped on machines without a GPU.
+
+The rest of the suite also runs on CUDA where one is present (run-config ``device`` is
+``auto``); these tests name the device explicitly and compare it with the CPU: the
+shuffle's CUDA branches (device-side random keys and sorts), the VFE measured on either
+device, ST-Adam's arithmetic, every exchange mode end to end, and checkpoints written on a
+GPU and read back on a CPU. ``simulations/device_check.sh`` runs them on a lent GPU.
+"""
+
+import json
+
+import pytest
+import torch
+
+from common.models import build_model
+from common.shapes import generate_shapes
+from common.st_adam import STAdam
+from common.training import evaluate, predict, to_model_input
+from common.visualmixer import VisualMixer, obfuscate, visual_feature_entropy
+from tests.test_flower_apps import run
+from tests.test_visualmixer import images_for, region_multisets
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("size,scope,chromatic", [(32, 1, True), (32, 0, True), (32, 2, False), (224, 1, True)])
+def test_cuda_obfuscation_meets_the_target_and_keeps_region_multisets(dtype, size, scope, chromatic):
+    images = images_for(7, 16 if size == 32 else 4, size)
+    x = images if dtype == torch.uint8 else images.float() / 255
+    result = obfuscate(x.cuda(), 0.8, region_scope=scope, chromatic=chromatic, seed=0)
+    assert result.images.is_cuda and result.images.dtype == dtype and result.met_target.all()
+    # The same multiset of values in every region (or group of regions, for scope != 1).
+    if scope == 1:
+        assert torch.equal(region_multisets(x, 8), region_multisets(result.images.cpu(), 8))
+    else:
+        assert torch.equal(x.flatten(1).sort(1).values, result.images.cpu().flatten(1).sort(1).values)
+    # The VFE computed on the GPU is the one the CPU measures on the same images.
+    torch.testing.assert_close(result.vfe.cpu(), visual_feature_entropy(result.images.cpu()), atol=1e-5, rtol=0)
+
+
+def test_seeded_cuda_calls_are_reproducible_and_fresh_otherwise():
+    x = images_for(3, 32, 32).cuda()
+    a, b = VisualMixer(0.8, seed=5)(x), VisualMixer(0.8, seed=5)(x)
+    assert torch.equal(a, b) and not torch.equal(a, VisualMixer(0.8, seed=6)(x))
+    fresh = VisualMixer(0.8)
+    assert not torch.equal(fresh(x), fresh(x))
+
+
+def test_cuda_and_cpu_reach_the_same_vfe_on_average():
+    """The plan is the same arithmetic on both devices and only the random draws differ,
+    so over many images the achieved VFE and block sizes agree closely."""
+    images, _ = generate_shapes(512, seed=11)
+    on_cpu = obfuscate(images, 0.8, seed=0)
+    on_gpu = obfuscate(images.cuda(), 0.8, seed=0)
+    assert on_gpu.met_target.all() and on_cpu.met_target.all()
+    assert abs(on_gpu.vfe.mean().item() - on_cpu.vfe.mean().item()) < 0.005
+    cpu_blocks = on_cpu.block_size.float().mean().item()
+    assert abs(on_gpu.block_size.float().mean().item() - cpu_blocks) < 0.02 * cpu_blocks
+
+
+def test_st_adam_on_cuda_matches_the_cpu():
+    """The optimizer's arithmetic, fed the same gradients on both devices. (Gradients from
+    a real backward pass differ slightly between devices, cuDNN uses TF32, and Adam turns
+    a sign flip of a near-zero gradient into a full step, so they are not compared.)"""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(16, 3, 3, 3), (16,), (10, 64)]
+    on_cpu = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    on_gpu = [torch.nn.Parameter(p.detach().cuda()) for p in on_cpu]
+    opt_cpu, opt_gpu = STAdam(on_cpu, lr=1e-2), STAdam(on_gpu, lr=1e-2)
+    for _ in range(20):
+        for a, b in zip(on_cpu, on_gpu):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.cuda()
+        opt_cpu.step()
+        opt_gpu.step()
+    for a, b in zip(on_cpu, on_gpu):
+        assert b.is_cuda
+        torch.testing.assert_close(b.detach().cpu(), a.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_inference_on_obfuscated_inputs_agrees_across_devices():
+    images, labels = generate_shapes(64, seed=2)
+    model = build_model("small-cnn")
+    mixed = VisualMixer(0.8, seed=1)(images)
+    on_cpu = predict(model, mixed)
+    on_gpu = predict(model.cuda(), mixed, device="cuda")
+    assert on_gpu.device.type == "cpu"  # logits come back to the host
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-4, rtol=1e-3)
+    accuracy, loss = evaluate(model, images, labels, VisualMixer(0.8), device="cuda")
+    assert 0 <= accuracy <= 1 and loss > 0
+    assert model(to_model_input(mixed[:2].cuda())).is_cuda
+
+
+@pytest.mark.parametrize(
+    "exchange,defense",
+    [("images", "visualmixer"), ("activations", "visualmixer"), ("weights", "visualmixer"),
+     ("weights", "dp-sgd"), ("activations", "visualmixer+dp-sgd")],
+)
+def test_each_exchange_runs_on_cuda_and_its_checkpoint_resumes_on_cpu(tmp_path, exchange, defense):
+    torch.cuda.reset_peak_memory_stats()
+    _, rows, summary, folder = run(
+        tmp_path, "gpu", exchange=exchange, defense=defense, device="cuda", **{"num-server-rounds": 1}
+    )
+    assert summary["status"] == "completed" and rows[0]["replies"] == 2
+    assert torch.cuda.max_memory_allocated() > 0  # the work did go to the GPU
+    final = torch.load(folder / "final_model.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in final.values())  # readable without a GPU
+    # A run started on a GPU server goes on with the same run-name on a CPU-only one.
+    _, rows, summary, _ = run(
+        tmp_path, "gpu", exchange=exchange, defense=defense, device="cpu", **{"num-server-rounds": 2}
+    )
+    assert summary["status"] == "completed" and [r["round"] for r in rows] == [1, 2]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["run_config"]["device"] == "cpu"
