@@ -23,6 +23,16 @@ Mixer = Callable[[torch.Tensor], torch.Tensor]
 # half as much per image at a thousand 32x32 images as at 64 (fixed costs per call). Every
 # drawn image is still obfuscated afresh; nothing is cached across steps.
 OBFUSCATION_CHUNK_VALUES = 1024 * 3 * 32 * 32
+# On CUDA a call is bound by per-operator launch overhead, not by the data: 1024 images take
+# about 1.3x as long as 256 (docs/gpu.md), so chunks there are this many times larger: a
+# whole round of the default `weights` client (60 steps of 64 images) in one call.
+CUDA_CHUNK_FACTOR = 4
+
+
+def obfuscation_chunk_values(device: torch.device | str) -> int:
+    """Values obfuscated per mixer call on ``device``."""
+    factor = CUDA_CHUNK_FACTOR if torch.device(device).type == "cuda" else 1
+    return OBFUSCATION_CHUNK_VALUES * factor
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -115,12 +125,13 @@ def obfuscated_batches(
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) on ``device`` for each non-empty batch of indices, obfuscated by
-    ``mixer`` in chunks of up to ``OBFUSCATION_CHUNK_VALUES`` values (at least one batch).
+    ``mixer`` in chunks of up to :func:`obfuscation_chunk_values` values (at least one batch).
 
     Empty batches are skipped: a Poisson batch can be empty (probability (1-q)^N, ~e^-64 at
     the defaults), and then no step is taken and none is accounted.
     """
     per_image = images[0].numel() if len(images) else 1
+    chunk_values = obfuscation_chunk_values(device)
     pending: list[torch.Tensor] = []
     values = 0
     for index in batches:
@@ -128,7 +139,7 @@ def obfuscated_batches(
             continue
         pending.append(index)
         values += len(index) * per_image
-        if mixer is None or values >= OBFUSCATION_CHUNK_VALUES:
+        if mixer is None or values >= chunk_values:
             yield from _load(images, labels, pending, mixer, device)
             pending, values = [], 0
     yield from _load(images, labels, pending, mixer, device)
@@ -156,12 +167,12 @@ def obfuscate_once(
 
     For evaluation sets: obfuscated once per run and reused every round, so round-to-round
     changes in accuracy come from the model, not from a new draw of the shuffle. Chunk ``i``
-    (up to ``OBFUSCATION_CHUNK_VALUES`` values) uses ``mixer_for_seed(seed + i)``, so chunks
+    (up to :func:`obfuscation_chunk_values` values) uses ``mixer_for_seed(seed + i)``, so chunks
     do not repeat each other's permutations.
     """
     if len(images) == 0:
         return images.clone()
-    per_chunk = max(1, OBFUSCATION_CHUNK_VALUES // images[0].numel())
+    per_chunk = max(1, obfuscation_chunk_values(device) // images[0].numel())
     return torch.cat([
         mixer_for_seed(seed + i)(chunk.to(device)).cpu()
         for i, chunk in enumerate(images.split(per_chunk))

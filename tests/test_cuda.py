@@ -15,9 +15,10 @@ import torch
 from common.models import build_model
 from common.shapes import generate_shapes
 from common.st_adam import STAdam
-from common.training import evaluate, predict, to_model_input
+from common.training import evaluate, obfuscated_batches, predict, to_model_input
 from common.visualmixer import VisualMixer, obfuscate, visual_feature_entropy
 from tests.test_flower_apps import run
+from tests.test_training import CountingMixer
 from tests.test_visualmixer import images_for, region_multisets
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -90,6 +91,15 @@ def test_inference_on_obfuscated_inputs_agrees_across_devices():
     accuracy, loss = evaluate(model, images, labels, VisualMixer(0.8), device="cuda")
     assert 0 <= accuracy <= 1 and loss > 0
     assert model(to_model_input(mixed[:2].cuda())).is_cuda
+
+
+def test_a_default_weights_round_is_obfuscated_in_one_call_on_cuda():
+    images, labels = generate_shapes(300, seed=3)
+    mixer = CountingMixer(0.8)
+    batches = [torch.randint(0, 300, (64,)) for _ in range(60)]
+    out = list(obfuscated_batches(images, labels, batches, mixer, "cuda"))
+    assert len(out) == 60 and all(x.is_cuda and y.is_cuda for x, y in out)
+    assert mixer.calls == [3840]
 
 
 @pytest.mark.parametrize(

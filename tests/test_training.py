@@ -58,3 +58,13 @@ def test_obfuscate_once_is_reproducible_and_chunks_use_their_own_seeds(monkeypat
     assert bool((visual_feature_entropy(first) >= 0.8).all())
     assert torch.equal(first.flatten(1).sort(1).values, images.flatten(1).sort(1).values)
     assert training.obfuscate_once(images[:0], mixer_for_seed, seed=0).shape == (0, 3, 32, 32)
+
+
+def test_a_default_weights_round_is_obfuscated_in_four_calls_on_cpu():
+    """60 steps of 64 images: chunks of 1024 images on the CPU (tests/test_cuda.py checks
+    that CUDA, bound by per-call overhead, takes the whole round in one call)."""
+    images, labels = generate_shapes(300, seed=3)
+    mixer = CountingMixer(0.8)
+    batches = [torch.randint(0, 300, (64,)) for _ in range(60)]
+    assert len(list(obfuscated_batches(images, labels, batches, mixer, "cpu"))) == 60
+    assert mixer.calls == [1024, 1024, 1024, 768]

@@ -10,6 +10,8 @@ above the target, or the highest this loop could reach when the target is out of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
 import torch
 
 from ._checks import (
@@ -125,10 +127,16 @@ def obfuscate(
         todo = todo[best_vfe[todo] < target]
 
     images_out = from_regions(best, h, w)
-    sizes = torch.tensor(ladder, device=batch.device)[best_rungs].view(b, *grid)
+    sizes = _ladder_tensor(ladder, batch.device)[best_rungs].view(b, *grid)
     if single:
         return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target)
     return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
+
+
+@lru_cache(maxsize=32)
+def _ladder_tensor(ladder: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The block sizes as a tensor on ``device``, made once (a host-to-device copy on CUDA)."""
+    return torch.tensor(ladder, device=device)
 
 
 def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator, out_name=None):

@@ -128,9 +128,9 @@ def _random_permutations(
 
 
 @lru_cache(maxsize=None)
-def _all_orders(c: int) -> torch.Tensor:
-    """(c!, c) every ordering of ``c`` channels."""
-    return torch.tensor(list(permutations(range(c))))
+def _all_orders(c: int, device: torch.device) -> torch.Tensor:
+    """(c!, c) every ordering of ``c`` channels (kept per device: no copy per call)."""
+    return torch.tensor(list(permutations(range(c))), device=device)
 
 
 def channel_permutation(
@@ -141,7 +141,7 @@ def channel_permutation(
     Picking one of the C! orders (6 for RGB) by index is exact and far cheaper than sorting
     random keys in B*N tiny sorts.
     """
-    orders = _all_orders(channels).to(device)
+    orders = _all_orders(channels, device)
     pick = torch.randint(0, len(orders), (batch_size, regions), generator=generator, device=device)
     return orders[pick]
 
