@@ -92,3 +92,18 @@ def test_recogniser_recognises_clean_images_well_above_chance(data):
     public, public_labels, victims, labels = data
     recogniser = train_recogniser(public, public_labels, 10, steps=250)
     assert recognition_accuracy(recogniser, victims, labels) > 0.3
+
+
+def test_feature_decoder_leaves_the_callers_layers_as_they_were(data):
+    """The attack works on its own copy: the victim model keeps its device, mode and
+    weights, and no gradient lands in it (tests/test_cuda.py checks the device part)."""
+    public = data[0]
+    model = build_model("small-cnn")
+    client_layers, _ = split_model(model, 1)
+    client_layers.train()
+    before = {k: v.clone() for k, v in client_layers.state_dict().items()}
+    train_feature_decoder(client_layers, public[:64], VisualMixer(0.8), steps=2, batch_size=16)
+    assert client_layers.training
+    for key, value in client_layers.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert all(p.grad is None and p.requires_grad for p in client_layers.parameters())

@@ -12,7 +12,9 @@ import json
 import pytest
 import torch
 
-from common.models import build_model
+from common.attacks import recognition_accuracy, train_feature_decoder, train_inverse_network, train_recogniser
+from common.attacks.metrics import as_unit
+from common.models import build_model, split_model
 from common.shapes import generate_shapes
 from common.st_adam import STAdam
 from common.training import evaluate, obfuscated_batches, predict, to_model_input
@@ -100,6 +102,24 @@ def test_a_default_weights_round_is_obfuscated_in_one_call_on_cuda():
     out = list(obfuscated_batches(images, labels, batches, mixer, "cuda"))
     assert len(out) == 60 and all(x.is_cuda and y.is_cuda for x, y in out)
     assert mixer.calls == [3840]
+
+
+def test_attacks_train_on_cuda_as_the_comparison_runs_them():
+    """simulations.compare trains its attackers on the GPU when there is one and applies
+    them, moved back, to CPU tensors; the victim model stays on the CPU throughout."""
+    images, labels = generate_shapes(256, seed=4)
+    mixer = VisualMixer(0.8, seed=0)
+    client_layers, _ = split_model(build_model("small-cnn"), 1)
+    decoder = train_feature_decoder(client_layers, images, VisualMixer(0.8), steps=3, batch_size=32, device="cuda")
+    assert all(p.device.type == "cpu" for p in client_layers.parameters())
+    with torch.no_grad():
+        assert decoder.cpu()(client_layers(as_unit(mixer(images[:8])))).shape == (8, 3, 32, 32)
+        inverse = train_inverse_network(images, VisualMixer(0.8), steps=3, batch_size=32, device="cuda")
+        assert inverse.cpu()(as_unit(mixer(images[:8]))).shape == (8, 3, 32, 32)
+    recogniser = train_recogniser(images, labels, 10, steps=3, batch_size=32, device="cuda")
+    on_gpu = recognition_accuracy(recogniser, images[:64], labels[:64], device="cuda")
+    # The same network on either device (cuDNN's TF32 convolutions can flip a near tie).
+    assert abs(on_gpu - recognition_accuracy(recogniser.cpu(), images[:64], labels[:64])) <= 0.1
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -33,7 +34,9 @@ def train_feature_decoder(
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    client_layers = client_layers.to(device).eval()
+    # The attacker's own copy: ``Module.to`` and ``eval`` act in place, and the caller's
+    # layers (a slice of a trained model) must stay on their device, in their mode.
+    client_layers = copy.deepcopy(client_layers).to(device).eval().requires_grad_(False)
 
     def encode(clean: torch.Tensor) -> torch.Tensor:
         x = mixer(clean) if mixer is not None else clean
