@@ -4,8 +4,9 @@
                                               [--data-dir DIR] [--trace FILE]
 
 Prints one JSON line: the call's wall time (median of ``--repeats``), how many PyTorch
-operators it dispatches, and on CUDA how many kernels it launches, their summed device
-time and how many times the host waits for the device. When the kernels' time is a small
+operators it dispatches, and on CUDA how many device operations it queues (``kernels``:
+kernels, copies and fills), their summed device time and how many times the host waits
+for the device. When the kernels' time is a small
 part of the wall time, the call is bound by per-operator host overhead (launches,
 dispatch, syncs) rather than by memory or arithmetic: fusing operators, not faster
 kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call.
