@@ -29,7 +29,7 @@ from common.training import to_model_input
 from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
 
 
-def _interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+def interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
     """Median wall time of each function, timed in turns (a, b, c, a, b, c, ...) after one
     warm-up round, so machine noise hits every function alike and the ratios hold."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -82,7 +82,7 @@ def bench(
             optimizer.step()
 
         fns["train"] = step
-    seconds = _interleaved_seconds(fns, repeats, device)
+    seconds = interleaved_seconds(fns, repeats, device)
     gather, transform = seconds["gather"], seconds["transform"]
     row = {
         "device": device.type,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
@@ -25,32 +24,22 @@ from torch.profiler import ProfilerActivity, profile
 from common.data import load_dataset
 from common.training import resolve_device
 from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
-from simulations.bench_obfuscation import images
+from simulations.bench_obfuscation import images, interleaved_seconds
 
 # Host-side runtime calls that wait for the device.
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None = None) -> dict:
     device = x.device
-    for _ in range(3):  # warm-up: lazy module loading, cached tables, allocator
+    for _ in range(2):  # warm-up: lazy module loading, cached tables, allocator
         obfuscate(x, target)
-    _sync(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        obfuscate(x, target)
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = interleaved_seconds({"call": lambda: obfuscate(x, target)}, repeats, device)["call"]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         obfuscate(x, target)
-        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     if trace:
         prof.export_chrome_trace(trace)
     events = prof.events()
@@ -59,7 +48,7 @@ def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None
         "device": str(device),
         "batch": x.shape[0],
         "size": x.shape[-1],
-        "wall_ms": round(statistics.median(seconds) * 1e3, 3),
+        "wall_ms": round(seconds * 1e3, 3),
         "operators": len(operators),
     }
     if device.type == "cuda":
