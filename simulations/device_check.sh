@@ -39,11 +39,13 @@ if [ -n "$archive" ]; then
 fi
 timeout 90 python3 -m simulations.bench_obfuscation --repeats 10 "${data[@]}" | tee "$out/bench-obfuscation.jsonl"
 timeout 60 python3 -m simulations.bench_step --device cuda | tee "$out/bench-step.jsonl"
-for args in "--device cuda --batch 256 --trace $out/trace-cuda-256.json" "--device cuda --batch 1024" \
-            "--device cuda --batch 32 --size 224" "--device cpu --batch 256"; do
-    # shellcheck disable=SC2086  # word splitting of $args is wanted
-    timeout 60 python3 -m simulations.profile_obfuscation $args "${data[@]}" | tee -a "$out/profile.jsonl"
-done
+profile() {
+    timeout 60 python3 -m simulations.profile_obfuscation "$@" "${data[@]}" | tee -a "$out/profile.jsonl"
+}
+profile --device cuda --batch 256 --trace "$out/trace-cuda-256.json"
+profile --device cuda --batch 1024
+profile --device cuda --batch 32 --size 224
+profile --device cpu --batch 256
 if [ -n "$archive" ]; then
     timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" --rounds 3 --repeats 3 \
         | tee "$out/bench-rounds.jsonl"
