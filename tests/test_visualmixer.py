@@ -271,6 +271,22 @@ def test_random_permutations_are_uniform(n):
     assert chi2 < len(counts) + 6 * (2 * len(counts)) ** 0.5  # ~6 sigma above the mean
 
 
+def test_importance_order_is_a_stable_argsort():
+    """The CPU packed-key sort orders regions exactly as a stable argsort would: ties by
+    region index, negatives, signed zeros and tiny or huge magnitudes included."""
+    from common.visualmixer.plan import _by_importance
+
+    generator = torch.Generator().manual_seed(0)
+    for n in (1, 2, 16, 784):
+        x = torch.randn(9, n, generator=generator)
+        x[1] = x[1].abs().round()  # many ties
+        x[2] *= 1e-38
+        x[3] *= 1e30
+        x[4, ::2] = x[4, 0].item()
+        x[5, : min(2, n)] = torch.tensor([0.0, -0.0])[: min(2, n)]
+        assert torch.equal(_by_importance(x), x.argsort(dim=1, stable=True))
+
+
 def test_rows_are_grouped_by_rung_each_once():
     from common.visualmixer.shuffle import _rows_by_rung
 

@@ -273,7 +273,10 @@ def shuffle_regions(
         out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
     else:
         out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
+    # Back to row order: gathering through the inverse permutation is about twice as fast
+    # on CPU as scattering (``index_copy_``) through ``order`` itself.
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(total, device=device))
     words_out, _ = as_words(out.view(total, rr), rr)
     words_mixed, _ = as_words(mixed, rr)
-    words_out.index_copy_(0, order, words_mixed)
+    torch.index_select(words_mixed, 0, inverse, out=words_out)
     return out, source
