@@ -18,7 +18,7 @@ from common.models import build_model, split_model
 from common.shapes import generate_shapes
 from common.st_adam import STAdam
 from common.training import evaluate, obfuscated_batches, predict, to_model_input
-from common.visualmixer import VisualMixer, obfuscate, visual_feature_entropy
+from common.visualmixer import VisualMixer, _graphs, obfuscate, visual_feature_entropy
 from tests.test_flower_apps import run
 from tests.test_training import CountingMixer
 from tests.test_visualmixer import images_for, region_multisets
@@ -60,6 +60,47 @@ def test_cuda_and_cpu_reach_the_same_vfe_on_average():
     assert abs(on_gpu.vfe.mean().item() - on_cpu.vfe.mean().item()) < 0.005
     cpu_blocks = on_cpu.block_size.float().mean().item()
     assert abs(on_gpu.block_size.float().mean().item() - cpu_blocks) < 0.02 * cpu_blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("size,scope,target", [(32, 1, 0.8), (32, 0, 0.8), (224, 1, 0.8), (32, 1, 0.97)])
+def test_cuda_graphs_give_the_eager_bits_for_a_seed(monkeypatch, dtype, size, scope, target):
+    """The graphs record only the stages that draw no random numbers, so a seeded call gives
+    the same images, VFE and block sizes with graphs on or off (target 0.97 sends images
+    back for retries), replays of one graph stay correct, and the graphs were recorded."""
+    images = images_for(7, 64 if size == 32 else 4, size)
+    x = (images if dtype == torch.uint8 else images.float() / 255).cuda()
+    monkeypatch.delenv(_graphs.ENV, raising=False)
+    eager = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
+    monkeypatch.setenv(_graphs.ENV, "1")
+    _graphs.clear()
+    graphed = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
+    assert len(_graphs._graphs) == 2 and all(g is not None for g in _graphs._graphs.values())
+    for e, g in zip(eager, graphed):
+        assert torch.equal(e.images, g.images) and torch.equal(e.vfe, g.vfe)
+        assert torch.equal(e.block_size, g.block_size) and torch.equal(e.met_target, g.met_target)
+    _graphs.clear()
+
+
+def test_cuda_graph_results_belong_to_the_caller_and_stay_random(monkeypatch):
+    monkeypatch.setenv(_graphs.ENV, "1")
+    _graphs.clear()
+    x = images_for(3, 32, 32).cuda()
+    first = obfuscate(x, 0.8)
+    kept = [t.clone() for t in (first.images, first.vfe, first.block_size)]
+    obfuscate(x.flip(0), 0.8)  # replays the same graphs with other images
+    assert all(torch.equal(a, b) for a, b in zip(kept, (first.images, first.vfe, first.block_size)))
+    assert not torch.equal(obfuscate(x, 0.8).images, obfuscate(x, 0.8).images)
+    _graphs.clear()
+
+
+def test_a_round_runs_with_cuda_graphs(tmp_path, monkeypatch):
+    monkeypatch.setenv(_graphs.ENV, "1")
+    _graphs.clear()
+    _, rows, summary, _ = run(tmp_path, "graphs", exchange="activations", device="cuda", **{"num-server-rounds": 2})
+    assert summary["status"] == "completed" and [r["replies"] for r in rows] == [2, 2]
+    assert _graphs._graphs and all(g is not None for g in _graphs._graphs.values())
+    _graphs.clear()
 
 
 def test_st_adam_on_cuda_matches_the_cpu():

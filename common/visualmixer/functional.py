@@ -5,15 +5,20 @@ the VFE that was actually achieved, and re-plan the images that fell short with 
 raised by their shortfall. The last attempt puts every region on the finest rung, and each
 image keeps the best draw it got, so the reported VFE is always the measured one: at or
 above the target, or the highest this loop could reach when the target is out of reach.
+
+The plan and the first measurement draw no random numbers; on CUDA they can be replayed
+as CUDA graphs (``_graphs.py``, experimental), while every random draw stays eager.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 
+from . import _graphs
 from ._checks import (
     as_batch,
     check_block_sizes,
@@ -24,7 +29,13 @@ from ._checks import (
 )
 from .plan import gradient_importance, plan_rungs, saliency_importance
 from .shuffle import shuffle_regions
-from .vfe import from_regions, shuffled_image_vfe, stats_of_regions, to_regions
+from .vfe import (
+    RegionStats,
+    from_regions,
+    shuffled_image_vfe,
+    stats_of_regions,
+    to_regions,
+)
 
 # Plans aim above the target so that most images pass the first check. An image's VFE is a
 # mean over its non-flat (channel, region) pairs, each set by an independent draw, so its
@@ -88,46 +99,48 @@ def obfuscate(
     check_importance(importance)
     generator = make_generator(seed, batch.device)
 
-    regions = to_regions(batch, region_size)
-    stats = stats_of_regions(regions)
-    if isinstance(importance, torch.nn.Module):
-        weights = saliency_importance(importance, batch, region_size)
-    else:
-        weights = gradient_importance(stats)
-
     n = grid[0] * grid[1]
-    margin = plan_margin(stats.valid.sum((1, 2)))
-    goal = target + margin
-    rungs = plan_rungs(stats, weights, goal, ladder)
-    # The first draw lives in a scratch buffer; retries (image subsets) get new tensors.
-    best, best_vfe = _shuffle_and_measure(
-        regions, stats, rungs, ladder, grid, chromatic, scope, generator, out_name="shuffled"
-    )
-    best_rungs = rungs
-    todo = (best_vfe < target).nonzero().flatten()
-    finest = len(ladder) - 1
-    for attempt in range(1, ATTEMPTS):
-        if len(todo) == 0:
-            break
-        # Ask more of the images that fell short: raise their goal by the shortfall.
-        goal[todo] += target - best_vfe[todo] + margin[todo]
-        sub = stats.select(todo)
-        if attempt == ATTEMPTS - 1:
-            rungs = torch.full((len(todo), n), finest, device=batch.device)
+    graphed = _graphs.enabled(batch.device) and not isinstance(importance, torch.nn.Module)
+    # A graph's outputs are overwritten by its next replay: hold the lock while using them.
+    with _graphs.LOCK if graphed else nullcontext():
+        plan = partial(_plan, target=target, region_size=region_size, ladder=ladder, importance=importance)
+        if graphed:
+            planned = _graphs.run("plan", (target, region_size, ladder), plan, (batch,))
         else:
-            rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
-        shuffled, achieved = _shuffle_and_measure(
-            regions[todo], sub, rungs, ladder, grid, chromatic, scope, generator
+            planned = plan(batch)
+        regions, variance, gap_energy, valid, weights, margin, goal, rungs = planned
+        stats = RegionStats(variance, gap_energy, valid, region_size)
+        # The first draw lives in a scratch buffer; retries (image subsets) get new tensors.
+        best, source = shuffle_regions(
+            regions, rungs, ladder, grid, chromatic, scope, generator, out_name="shuffled"
         )
-        better = achieved > best_vfe[todo]
-        keep = todo[better]
-        best[keep] = shuffled[better]
-        best_vfe[keep] = achieved[better]
-        best_rungs[keep] = rungs[better]
-        todo = todo[best_vfe[todo] < target]
-
-    images_out = from_regions(best, h, w)
-    sizes = _ladder_tensor(ladder, batch.device)[best_rungs].view(b, *grid)
+        measured = (best, source, variance, valid)
+        (best_vfe,) = _graphs.run("measure", (), _measure, measured) if graphed else _measure(*measured)
+        if graphed:  # returned to the caller, so it must not be a graph's output
+            best_vfe = best_vfe.clone()
+        best_rungs = rungs
+        todo = (best_vfe < target).nonzero().flatten()
+        finest = len(ladder) - 1
+        for attempt in range(1, ATTEMPTS):
+            if len(todo) == 0:
+                break
+            # Ask more of the images that fell short: raise their goal by the shortfall.
+            goal[todo] += target - best_vfe[todo] + margin[todo]
+            sub = stats.select(todo)
+            if attempt == ATTEMPTS - 1:
+                rungs = torch.full((len(todo), n), finest, device=batch.device)
+            else:
+                rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
+            shuffled, source = shuffle_regions(regions[todo], rungs, ladder, grid, chromatic, scope, generator)
+            (achieved,) = _measure(shuffled, source, sub.variance, sub.valid)
+            better = achieved > best_vfe[todo]
+            keep = todo[better]
+            best[keep] = shuffled[better]
+            best_vfe[keep] = achieved[better]
+            best_rungs[keep] = rungs[better]
+            todo = todo[best_vfe[todo] < target]
+        images_out = from_regions(best, h, w)
+        sizes = _ladder_tensor(ladder, batch.device)[best_rungs].view(b, *grid)  # may read a graph's output
     if single:
         return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target)
     return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
@@ -139,13 +152,36 @@ def _ladder_tensor(ladder: tuple[int, ...], device: torch.device) -> torch.Tenso
     return torch.tensor(ladder, device=device)
 
 
-def _shuffle_and_measure(regions, stats, rungs, ladder, grid, chromatic, scope, generator, out_name=None):
-    """Shuffle regions by plan and measure the VFE of the result."""
-    b, c, n = stats.variance.shape
-    shuffled, source = shuffle_regions(
-        regions, rungs, ladder, grid, chromatic, scope, generator, out_name
-    )
-    # A shuffle never changes a region's variance: carry it over from the source rows.
-    variance = stats.variance.reshape(b, c * n).gather(1, source).view(b, c, n)
-    valid = stats.valid.reshape(b, c * n).gather(1, source).view(b, c, n)
-    return shuffled, shuffled_image_vfe(shuffled, variance, valid)
+def _plan(
+    batch: torch.Tensor,
+    target: float,
+    region_size: int,
+    ladder: tuple[int, ...],
+    importance: str | torch.nn.Module,
+) -> tuple[torch.Tensor, ...]:
+    """The first attempt's plan: regions, their stats, importance, margin, goal and rungs.
+
+    Draws no random numbers and never waits for the device, so on CUDA it can be recorded
+    as one graph (``_graphs.py``).
+    """
+    regions = to_regions(batch, region_size)
+    stats = stats_of_regions(regions)
+    if isinstance(importance, torch.nn.Module):
+        weights = saliency_importance(importance, batch, region_size)
+    else:
+        weights = gradient_importance(stats)
+    margin = plan_margin(stats.valid.sum((1, 2)))
+    goal = target + margin
+    rungs = plan_rungs(stats, weights, goal, ladder)
+    return regions, stats.variance, stats.gap_energy, stats.valid, weights, margin, goal, rungs
+
+
+def _measure(
+    shuffled: torch.Tensor, source: torch.Tensor, variance: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor]:
+    """(VFE of each shuffled image,): a shuffle never changes a region's variance, so it is
+    carried over from each output row's source row and only the pair energy is measured."""
+    b, c, n = variance.shape
+    variance = variance.reshape(b, c * n).gather(1, source).view(b, c, n)
+    valid = valid.reshape(b, c * n).gather(1, source).view(b, c, n)
+    return (shuffled_image_vfe(shuffled, variance, valid),)
