@@ -10,7 +10,10 @@ measured in the same run on the same batch:
 * ``gather_ips``: images/s of one ``torch.gather`` of the batch with a precomputed index;
 * ``train_step_ips`` (32x32 only): images/s of one small-CNN training step (Adam);
 * ``transform_vs_gather``: how many gathers one transform costs (goal: <= 10);
-* ``overhead_vs_train_step``: transform time / training-step time per image (goal: < 5%).
+* ``overhead_vs_train_step``: transform time / training-step time per image (goal: < 5%);
+* on CUDA, ``graphs_ips`` and ``graphs_speedup``: the same transform with its deterministic
+  stages replayed as CUDA graphs (``common/visualmixer/_graphs.py``), interleaved with the
+  eager one, and eager time / graphs time.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from common.data import load_dataset
 from common.models import build_model
 from common.shapes import generate_shapes
 from common.training import to_model_input
-from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
+from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
 
 
 def interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
@@ -67,10 +70,16 @@ def bench(
     x = images(batch, size, pool).to(device)
     flat = x.view(batch, -1)
     index = torch.rand(flat.shape, device=device).argsort(1)
+    def obfuscate_with(graphs: bool) -> None:
+        with _graphs.switched(graphs):
+            obfuscate(x, target)
+
     fns = {
         "gather": lambda: torch.gather(flat, 1, index),
-        "transform": lambda: obfuscate(x, target),
+        "transform": lambda: obfuscate_with(False),
     }
+    if device.type == "cuda":
+        fns["graphs"] = lambda: obfuscate_with(True)
     if size == 32:
         model = build_model("small-cnn").to(device)
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -93,6 +102,9 @@ def bench(
         "gather_ips": round(batch / gather, 1),
         "transform_vs_gather": round(transform / gather, 2),
     }
+    if "graphs" in seconds:
+        row["graphs_ips"] = round(batch / seconds["graphs"], 1)
+        row["graphs_speedup"] = round(transform / seconds["graphs"], 2)
     if "train" in seconds:
         row["train_step_ips"] = round(batch / seconds["train"], 1)
         row["overhead_vs_train_step"] = round(transform / seconds["train"], 4)

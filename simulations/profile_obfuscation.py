@@ -1,7 +1,7 @@
 """Where one ``obfuscate`` call spends its time: host operators, device kernels, syncs.
 
     python -m simulations.profile_obfuscation [--batch 256] [--size 32] [--device auto]
-                                              [--data-dir DIR] [--trace FILE]
+                                              [--data-dir DIR] [--trace FILE] [--cuda-graphs]
 
 Prints one JSON line: the call's wall time (median of ``--repeats``), how many PyTorch
 operators it dispatches, and on CUDA how many device operations it queues (``kernels``:
@@ -9,21 +9,21 @@ kernels, copies and fills), their summed device time and how many times the host
 for the device. When the kernels' time is a small
 part of the wall time, the call is bound by per-operator host overhead (launches,
 dispatch, syncs) rather than by memory or arithmetic: fusing operators, not faster
-kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call.
+kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call;
+``--cuda-graphs`` replays the deterministic stages as CUDA graphs (``_graphs.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from common.data import load_dataset
 from common.training import resolve_device
-from common.visualmixer import DEFAULT_TARGET_VFE, obfuscate
+from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
 from simulations.bench_obfuscation import images, interleaved_seconds
 
 # Host-side runtime calls that wait for the device.
@@ -69,10 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
     parser.add_argument("--data-dir", default="", help="an ImageFolder tree: profile its 32x32 test images")
     parser.add_argument("--trace", default="", help="write a Chrome trace of one call here")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay the deterministic stages as CUDA graphs")
     args = parser.parse_args(argv)
     pool = load_dataset("folder", "test", args.data_dir).images if args.data_dir else None
     x = images(args.batch, args.size, pool).to(resolve_device(args.device))
-    print(json.dumps(profile_call(x, args.target_vfe, args.repeats, args.trace or None)), flush=True)
+    with _graphs.switched(args.cuda_graphs):
+        row = profile_call(x, args.target_vfe, args.repeats, args.trace or None)
+    print(json.dumps({**row, "cuda_graphs": args.cuda_graphs and x.device.type == "cuda"}), flush=True)
 
 
 if __name__ == "__main__":
