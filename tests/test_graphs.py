@@ -5,8 +5,12 @@ A CUDA graph can only record work that never waits for the device and whose shap
 depend on the data. Tensors on the ``meta`` device have shapes but no values, and take the
 same non-CPU branches as CUDA ones, so any read of a value on the host (``.item()``,
 ``.tolist()``, ``bool()``) or any data-dependent shape (``nonzero``, ``bincount``) fails
-on them: the recorded stages must run on ``meta`` from end to end, and the shuffle, which
-does both, must not.
+on them: the recorded first attempt must run on ``meta`` from end to end with fixed shapes,
+and must not without (the grouped shuffle needs the rung counts on the host).
+
+Without a GPU, obfuscate's graph path runs through :class:`ReplayOnCpu`, which keeps a
+graph's memory and generator semantics, and through the eager fallback that a failed
+recording leaves; both use the fixed-shape shuffle, whose distribution is checked here.
 """
 
 import warnings
@@ -16,33 +20,34 @@ import torch
 
 from common.visualmixer import _graphs
 from common.visualmixer._checks import check_block_sizes
-from common.visualmixer.functional import _measure, _plan
-from common.visualmixer.shuffle import shuffle_regions
+from common.visualmixer.functional import _first_attempt
+
+
+def first_attempt(batch, region_size=8, fixed_shapes=True, scope=1):
+    grid = (batch.shape[-2] // region_size, batch.shape[-1] // region_size)
+    return _first_attempt(
+        batch, target=0.8, region_size=region_size, ladder=check_block_sizes(None, region_size),
+        grid=grid, chromatic=True, scope=scope, importance="gradient", fixed_shapes=fixed_shapes,
+        generator=None,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-@pytest.mark.parametrize("size,region_size", [(32, 8), (32, 4), (224, 16)])
-def test_recorded_stages_never_wait_for_the_device(dtype, size, region_size):
-    ladder = check_block_sizes(None, region_size)
+@pytest.mark.parametrize("size,region_size,scope", [(32, 8, 1), (32, 4, 0), (224, 16, 2)])
+def test_the_recorded_attempt_never_waits_for_the_device(dtype, size, region_size, scope):
     batch = torch.empty(5, 3, size, size, dtype=dtype, device="meta")
-    regions, variance, gap_energy, valid, _, _, goal, rungs = _plan(
-        batch, 0.8, region_size, ladder, "gradient"
-    )
+    outputs = first_attempt(batch, region_size, scope=scope)
+    regions, rungs, shuffled, vfe = outputs[0], outputs[7], outputs[8], outputs[9]
     n = (size // region_size) ** 2
-    assert regions.shape == (5, 3, n, region_size, region_size) and rungs.shape == (5, n)
-    assert gap_energy.shape == (5, 3, n, region_size - 1) and goal.shape == (5,)
-    source = torch.empty(5, 3 * n, dtype=torch.long, device="meta")
-    (vfe,) = _measure(regions, source, variance, valid)
-    assert vfe.shape == (5,) and vfe.device.type == "meta"
+    assert regions.shape == shuffled.shape == (5, 3, n, region_size, region_size)
+    assert rungs.shape == (5, n) and vfe.shape == (5,) and vfe.device.type == "meta"
 
 
-def test_the_meta_probe_catches_the_shuffle_s_data_dependent_work():
+def test_the_meta_probe_catches_the_grouped_shuffle_s_data_dependent_work():
     """The negative control: grouping rows by rung needs the rung counts on the host."""
-    ladder = check_block_sizes(None, 8)
-    regions = torch.empty(5, 3, 16, 8, 8, dtype=torch.uint8, device="meta")
-    rungs = torch.empty(5, 16, dtype=torch.long, device="meta")
+    batch = torch.empty(5, 3, 32, 32, dtype=torch.uint8, device="meta")
     with pytest.raises((NotImplementedError, RuntimeError)):
-        shuffle_regions(regions, rungs, ladder, (4, 4), True, 1, None)
+        first_attempt(batch, fixed_shapes=False)
 
 
 def test_graphs_are_off_unless_switched_on_and_only_ever_on_cuda(monkeypatch):
@@ -60,20 +65,23 @@ def test_a_stage_that_cannot_be_recorded_runs_eagerly_with_one_warning():
     _graphs.clear()
     x = torch.arange(6.0)
 
-    def double(t):
-        return (t * 2,)
+    def noisy_double(t, generator):
+        return (t * 2 + torch.rand(t.shape, generator=generator),)
 
     with _graphs.LOCK:
         with pytest.warns(UserWarning, match="not recorded"):
-            (first,) = _graphs.run("double", (), double, (x,))
+            (first,), generator = _graphs.run("double", (), noisy_double, (x,), 7)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            (second,) = _graphs.run("double", (), double, (x + 1,))
-    assert torch.equal(first, x * 2) and torch.equal(second, (x + 1) * 2)
+            (second,), _ = _graphs.run("double", (), noisy_double, (x,), 7)
+    # Seeded from 7 and handed back to the caller, whose next draws continue its stream.
+    seven = torch.Generator().manual_seed(7)
+    assert torch.equal(first, x * 2 + torch.rand(6, generator=seven)) and torch.equal(first, second)
+    assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=seven))
     for size in range(_graphs.MAX_GRAPHS + 3):  # the cache stays bounded
         with _graphs.LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _graphs.run("double", (), double, (torch.zeros(size + 1),))
+            _graphs.run("double", (), noisy_double, (torch.zeros(size + 1),), None)
     assert len(_graphs._graphs) == _graphs.MAX_GRAPHS
     _graphs.clear()
     assert not _graphs._graphs
@@ -104,21 +112,30 @@ def test_switched_overrides_the_environment_inside_its_block(monkeypatch):
 
 
 class ReplayOnCpu:
-    """Stands in for a recorded graph on the CPU with a graph's memory semantics: fixed
-    input tensors the arguments are copied into, and fixed output tensors that every
-    replay overwrites in place."""
+    """Stands in for a recorded graph on the CPU with a graph's semantics: fixed input
+    tensors the arguments are copied into, fixed output tensors that every replay
+    overwrites in place, and a generator of its own, re-seeded before each seeded replay
+    (unseeded replays draw from the global generator)."""
 
-    def __init__(self, fn, args):
+    def __init__(self, fn, args, seeded):
         self.fn = fn
+        self.generator = torch.Generator() if seeded else None
         self.inputs = tuple(a.clone() for a in args)
-        self.outputs = tuple(t.clone() for t in fn(*self.inputs))
+        self.outputs = tuple(t.clone() for t in fn(*self.inputs, generator=self.generator))
 
-    def __call__(self, args):
+    def __call__(self, args, seed):
         for static, arg in zip(self.inputs, args):
             static.copy_(arg)
-        for static, fresh in zip(self.outputs, self.fn(*self.inputs)):
+        if self.generator is not None:
+            self.generator.manual_seed(seed)
+        for static, fresh in zip(self.outputs, self.fn(*self.inputs, generator=self.generator)):
             static.copy_(fresh)
         return self.outputs
+
+
+class NoRecording:
+    def __init__(self, fn, args, seeded):
+        raise RuntimeError("no CUDA here")
 
 
 @pytest.fixture
@@ -131,25 +148,35 @@ def replayed_on_cpu(monkeypatch):
     _graphs.clear()
 
 
-@pytest.mark.parametrize("target,scope", [(0.8, 1), (0.8, 0), (0.97, 1), (1.2, 2)])
-def test_the_graph_path_gives_the_eager_bits(target, scope):
-    """Through replayed stages a seeded call returns exactly what the eager one does, retries
-    included (0.97 sends images back; 1.2 is out of reach, so every retry runs)."""
+def fields(result):
+    return result.images, result.vfe, result.block_size, result.met_target
+
+
+@pytest.mark.parametrize("target,scope,dtype", [(0.8, 1, torch.uint8), (0.8, 0, torch.float32), (0.97, 1, torch.uint8), (1.2, 2, torch.uint8)])
+def test_a_replayed_attempt_gives_the_bits_of_the_eager_fallback(monkeypatch, target, scope, dtype):
+    """Replays (a seeded graph re-seeds its own generator) give exactly what the same stages
+    give eagerly from a fresh generator with that seed, retries included (0.97 sends images
+    back; 1.2 is out of reach, so every retry runs); the graph is reused across calls."""
     from common.visualmixer import obfuscate
     from tests.test_visualmixer import images_for
 
     x = images_for(4, 24, 32)
-    eager = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_graphs, "enabled", lambda device: True)
-        patch.setattr(_graphs, "_Recorded", ReplayOnCpu)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    monkeypatch.setattr(_graphs, "enabled", lambda device: True)
+    results = {}
+    for name, recorder in (("fallback", NoRecording), ("replayed", ReplayOnCpu)):
+        monkeypatch.setattr(_graphs, "_Recorded", recorder)
         _graphs.clear()
-        replayed = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1)]
-        assert len(_graphs._graphs) == 2  # the plan and the measurement, reused by the 2nd call
-        _graphs.clear()
-    for e, r in zip(eager, replayed):
-        for a, b in zip((e.images, e.vfe, e.block_size, e.met_target), (r.images, r.vfe, r.block_size, r.met_target)):
-            assert torch.equal(a, b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
+        assert len(_graphs._graphs) == 1
+    _graphs.clear()
+    for fallback, replayed in zip(results["fallback"], results["replayed"]):
+        assert all(torch.equal(a, b) for a, b in zip(fields(fallback), fields(replayed)))
+    first, second, again = results["replayed"]
+    assert all(torch.equal(a, b) for a, b in zip(fields(first), fields(again)))
+    assert not torch.equal(first.images, second.images)
 
 
 def test_results_of_the_graph_path_are_not_overwritten_by_the_next_call(replayed_on_cpu):
@@ -158,6 +185,77 @@ def test_results_of_the_graph_path_are_not_overwritten_by_the_next_call(replayed
 
     x = images_for(5, 16, 32)
     first = obfuscate(x, 0.97, seed=0)
-    kept = [t.clone() for t in (first.images, first.vfe, first.block_size, first.met_target)]
+    kept = [t.clone() for t in fields(first)]
     obfuscate(x.flip(0), 0.97, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(kept, (first.images, first.vfe, first.block_size, first.met_target)))
+    assert all(torch.equal(a, b) for a, b in zip(kept, fields(first)))
+    assert not torch.equal(obfuscate(x, 0.8).images, obfuscate(x, 0.8).images)  # unseeded: fresh
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_fixed_shape_shuffle_meets_the_target_and_keeps_each_region_multiset(replayed_on_cpu, seed):
+    from common.visualmixer import obfuscate, visual_feature_entropy
+    from tests.test_visualmixer import images_for, region_multisets
+
+    r = (4, 8, 16)[seed % 3]
+    images = images_for(seed, 6, 32)
+    x = images if seed < 3 else images.float() / 255
+    result = obfuscate(x, 0.3 + 0.1 * seed, region_size=r, chromatic=seed % 2 == 0, seed=seed)
+    assert result.met_target.all()
+    torch.testing.assert_close(result.vfe, visual_feature_entropy(result.images, r))
+    assert torch.equal(region_multisets(x, r), region_multisets(result.images, r))
+    scoped = obfuscate(x, 0.8, region_size=r, region_scope=0, seed=seed)
+    assert torch.equal(x.flatten(1).sort(1).values, scoped.images.flatten(1).sort(1).values)
+
+
+def test_the_fixed_shape_shuffle_deals_each_rung_evenly_to_a_fresh_pool(replayed_on_cpu):
+    """As the grouped shuffle does (tests/test_visualmixer.py): 512 copies of one ramp on the
+    pixel rung are dealt to 512 / REUSE permutations, REUSE regions each."""
+    from common.visualmixer import obfuscate
+    from common.visualmixer.shuffle import REUSE
+
+    ramp = (torch.arange(64, dtype=torch.uint8) * 4).view(1, 1, 8, 8)
+    batch = ramp.expand(512, 1, 8, 8).contiguous()
+    first = obfuscate(batch, 0.3, block_sizes=(1,), seed=3)
+    assert bool((first.block_size == 1).all()) and bool(first.met_target.all())
+    arrangements, counts = first.images.flatten(1).unique(dim=0, return_counts=True)
+    assert len(arrangements) == 512 // REUSE and bool((counts == REUSE).all())
+    assert torch.equal(arrangements.sort(1).values, ramp.flatten(1).expand(len(arrangements), 64))
+    second = obfuscate(batch, 0.3, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
+    assert len(set(map(tuple, arrangements.tolist())) & set(map(tuple, second.tolist()))) == 0
+
+
+@pytest.mark.parametrize("block", [2, 4])
+def test_the_fixed_shape_shuffle_moves_whole_blocks_on_coarse_rungs(replayed_on_cpu, block):
+    from common.visualmixer import obfuscate
+
+    ramp = (torch.arange(64) * 4).view(8, 8)
+    images = ramp.repeat(32, 1, 2, 2).to(torch.uint8)
+    result = obfuscate(images, 0.9, block_sizes=(block,), chromatic=False, seed=1)
+    assert bool((result.block_size == block).all())
+
+    def blocks(x):
+        regions = x.unfold(2, 8, 8).unfold(3, 8, 8).reshape(-1, 8, 8)
+        return regions.unfold(1, block, block).unfold(2, block, block).reshape(len(regions), -1, block * block)
+
+    for original, shuffled in zip(blocks(images), blocks(result.images)):
+        assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, original.tolist()))
+    assert not torch.equal(blocks(images), blocks(result.images))
+
+
+def test_fixed_and_grouped_shuffles_give_the_same_bits_when_every_rung_is_used(monkeypatch):
+    """Same plan, same pools, same dealing. On the CPU each rung's pool comes from a numpy
+    generator seeded by one torch draw, in rung order, so when every shuffled rung is in use
+    both shuffles draw the same seeds and the fixed one's full-size pools start with the
+    grouped one's: the results are bit-identical, which pins the dealing down exactly."""
+    from common.shapes import generate_shapes
+    from common.visualmixer import obfuscate
+
+    images, _ = generate_shapes(512, seed=11)
+    grouped = obfuscate(images, 0.8, seed=0)
+    assert set(grouped.block_size.unique().tolist()) >= {4, 2, 1}  # every shuffled rung
+    monkeypatch.setattr(_graphs, "enabled", lambda device: True)
+    monkeypatch.setattr(_graphs, "_Recorded", ReplayOnCpu)
+    _graphs.clear()
+    fixed = obfuscate(images, 0.8, seed=0)
+    _graphs.clear()
+    assert all(torch.equal(a, b) for a, b in zip(fields(grouped), fields(fixed)))

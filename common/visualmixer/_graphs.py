@@ -1,23 +1,22 @@
-"""CUDA graphs for the deterministic stages of ``obfuscate`` (experimental, off by default).
+"""CUDA graphs for ``obfuscate``'s first attempt (experimental, off by default).
 
 On a GPU an ``obfuscate`` call is bound by host overhead, not by the device: an H100 was
 busy for 0.41 ms of a 3.97 ms call on 256 CIFAR images, the rest went to dispatching about
 250 PyTorch operators one by one (docs/gpu.md). A CUDA graph replays a recorded sequence
-of kernels with one launch. Only the two stages that draw no random numbers are recorded:
+of kernels with one launch. The first attempt (plan, shuffle with fixed shapes, measured
+VFE) is recorded once per (static arguments, input shapes and dtypes, seeded or not,
+device), after two warm-up runs on a side stream that fill the module's cached tables,
+and kept in a small LRU. The rare retries work on data-dependent subsets and stay eager.
 
-* the plan (regions, their statistics, importance, margin and rungs), and
-* the measurement of the first draw's VFE,
+Randomness: a graph's random kernels read their generator's seed and offset at each replay
+(PyTorch's graph-safe RNG), so replays draw fresh numbers; unseeded calls use the device's
+default generator, seeded ones a generator registered with the graph and re-seeded before
+each replay, which makes a seeded call give the same bits as running the same stages
+eagerly from a fresh generator with that seed (the fallback below does exactly that).
 
-so every random draw (the shuffle, and the rare retries, which work on data-dependent
-subsets) stays eager and uses the caller's generator exactly as without graphs: seeded
-calls give the same bits with graphs on or off, and nothing random is frozen into a graph.
-
-Each stage is recorded once per (stage, static arguments, input shapes and dtypes,
-device), after two warm-up runs on a side stream (which fill the module's cached tables),
-and kept in a small LRU. A replay copies the arguments into the recorded inputs and
-returns the recorded outputs, which the next replay of the same graph overwrites: callers
-hold :data:`LOCK` for as long as they use them. If recording fails, the stage runs
-eagerly for that key from then on, with one warning.
+A replay copies the arguments into the recorded inputs and returns the recorded outputs,
+which the next replay of the same graph overwrites: callers hold :data:`LOCK` for as long
+as they use them. If recording fails, that key runs eagerly from then on, with one warning.
 
 Switch: environment variable ``VISUALMIXER_CUDA_GRAPHS=1`` (or :func:`switched` in code,
 as the benchmarks do). Off by default until it has been measured on a GPU (the recording
@@ -38,6 +37,8 @@ import torch
 ENV = "VISUALMIXER_CUDA_GRAPHS"
 MAX_GRAPHS = 8
 WARMUP_RUNS = 2
+
+Stage = Callable[..., tuple[torch.Tensor, ...]]  # called as fn(*tensors, generator=...)
 
 LOCK = threading.RLock()
 _graphs: OrderedDict[Hashable, _Recorded | None] = OrderedDict()
@@ -65,25 +66,30 @@ def switched(on: bool) -> Iterator[None]:
 
 
 class _Recorded:
-    """One captured graph with its static inputs and outputs."""
+    """One captured graph with its static inputs and outputs (and generator, if seeded)."""
 
-    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]], args: tuple[torch.Tensor, ...]):
+    def __init__(self, fn: Stage, args: tuple[torch.Tensor, ...], seeded: bool):
         device = args[0].device
         with torch.cuda.device(device):
+            self.generator = torch.Generator(device=device) if seeded else None
             self.inputs = tuple(a.clone() for a in args)
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_RUNS):
-                    fn(*self.inputs)
+                    fn(*self.inputs, generator=self.generator)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
+            if self.generator is not None:
+                self.graph.register_generator_state(self.generator)
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.outputs = fn(*self.inputs)
+                self.outputs = fn(*self.inputs, generator=self.generator)
 
-    def __call__(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def __call__(self, args: tuple[torch.Tensor, ...], seed: int | None) -> tuple[torch.Tensor, ...]:
         for static, arg in zip(self.inputs, args):
             static.copy_(arg)
+        if self.generator is not None:
+            self.generator.manual_seed(int(seed))
         self.graph.replay()
         return self.outputs
 
@@ -91,18 +97,22 @@ class _Recorded:
 def run(
     name: str,
     static: Hashable,
-    fn: Callable[..., tuple[torch.Tensor, ...]],
+    fn: Stage,
     args: tuple[torch.Tensor, ...],
-) -> tuple[torch.Tensor, ...]:
-    """``fn(*args)`` through a graph recorded for this (name, static, argument shapes).
+    seed: int | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Generator | None]:
+    """``fn(*args, generator=...)`` through a graph recorded for this (name, static,
+    argument shapes, seeded or not); returns its outputs and the generator it drew from,
+    which the caller's further draws continue (None: the device's default one).
 
-    ``fn`` must be deterministic, free of host syncs and of data-dependent shapes, and
-    depend on nothing but ``args`` and ``static``. Call with :data:`LOCK` held.
+    ``fn`` must be free of host syncs and of data-dependent shapes and depend on nothing
+    but ``args``, ``static`` and its generator. Call with :data:`LOCK` held.
     """
-    key = (name, static, args[0].device, tuple((a.shape, a.dtype) for a in args))
+    device = args[0].device
+    key = (name, static, seed is not None, device, tuple((a.shape, a.dtype) for a in args))
     if key not in _graphs:
         try:
-            _graphs[key] = _Recorded(fn, args)
+            _graphs[key] = _Recorded(fn, args, seeded=seed is not None)
         except Exception as error:  # recording is an optimisation: fall back, say so once
             warnings.warn(f"VisualMixer: CUDA graph for {name} not recorded ({error!r}); running eagerly")
             _graphs[key] = None
@@ -110,7 +120,13 @@ def run(
             _graphs.popitem(last=False)
     _graphs.move_to_end(key)
     recorded = _graphs[key]
-    return fn(*args) if recorded is None else recorded(args)
+    if recorded is None:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(seed))
+        return fn(*args, generator=generator), generator
+    return recorded(args, seed), recorded.generator
 
 
 def clear() -> None:

@@ -6,8 +6,9 @@ raised by their shortfall. The last attempt puts every region on the finest rung
 image keeps the best draw it got, so the reported VFE is always the measured one: at or
 above the target, or the highest this loop could reach when the target is out of reach.
 
-The plan and the first measurement draw no random numbers; on CUDA they can be replayed
-as CUDA graphs (``_graphs.py``, experimental), while every random draw stays eager.
+On CUDA the first attempt can be replayed as a CUDA graph (``_graphs.py``, experimental):
+it is where almost every call ends, and its ~250 operators cost far more to dispatch than
+to run. The retries stay eager.
 """
 
 from __future__ import annotations
@@ -97,25 +98,23 @@ def obfuscate(
     ladder = check_block_sizes(block_sizes, region_size)
 
     check_importance(importance)
-    generator = make_generator(seed, batch.device)
 
     n = grid[0] * grid[1]
     graphed = _graphs.enabled(batch.device) and not isinstance(importance, torch.nn.Module)
+    first = partial(
+        _first_attempt, target=target, region_size=region_size, ladder=ladder, grid=grid,
+        chromatic=chromatic, scope=scope, importance=importance, fixed_shapes=graphed,
+    )
     # A graph's outputs are overwritten by its next replay: hold the lock while using them.
     with _graphs.LOCK if graphed else nullcontext():
-        plan = partial(_plan, target=target, region_size=region_size, ladder=ladder, importance=importance)
         if graphed:
-            planned = _graphs.run("plan", (target, region_size, ladder), plan, (batch,))
+            static = (target, region_size, ladder, chromatic, scope)
+            outputs, generator = _graphs.run("first attempt", static, first, (batch,), seed)
         else:
-            planned = plan(batch)
-        regions, variance, gap_energy, valid, weights, margin, goal, rungs = planned
+            generator = make_generator(seed, batch.device)
+            outputs = first(batch, generator=generator)
+        regions, variance, gap_energy, valid, weights, margin, goal, rungs, best, best_vfe = outputs
         stats = RegionStats(variance, gap_energy, valid, region_size)
-        # The first draw lives in a scratch buffer; retries (image subsets) get new tensors.
-        best, source = shuffle_regions(
-            regions, rungs, ladder, grid, chromatic, scope, generator, out_name="shuffled"
-        )
-        measured = (best, source, variance, valid)
-        (best_vfe,) = _graphs.run("measure", (), _measure, measured) if graphed else _measure(*measured)
         if graphed:  # returned to the caller, so it must not be a graph's output
             best_vfe = best_vfe.clone()
         best_rungs = rungs
@@ -152,6 +151,31 @@ def _ladder_tensor(ladder: tuple[int, ...], device: torch.device) -> torch.Tenso
     return torch.tensor(ladder, device=device)
 
 
+def _first_attempt(
+    batch: torch.Tensor,
+    *,
+    target: float,
+    region_size: int,
+    ladder: tuple[int, ...],
+    grid: tuple[int, int],
+    chromatic: bool,
+    scope: int,
+    importance: str | torch.nn.Module,
+    fixed_shapes: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, ...]:
+    """Plan, shuffle and measure every image once: the regions, their stats, importance,
+    margin, goal and rungs, then the shuffled regions (in the "shuffled" scratch buffer)
+    and their VFE. With ``fixed_shapes`` it never waits for the device and no shape depends
+    on the data, so on CUDA it can be recorded as one graph (``_graphs.py``)."""
+    planned = _plan(batch, target, region_size, ladder, importance)
+    regions, variance, _, valid, _, _, _, rungs = planned
+    shuffled, source = shuffle_regions(
+        regions, rungs, ladder, grid, chromatic, scope, generator, "shuffled", fixed_shapes
+    )
+    return (*planned, shuffled, *_measure(shuffled, source, variance, valid))
+
+
 def _plan(
     batch: torch.Tensor,
     target: float,
@@ -159,11 +183,7 @@ def _plan(
     ladder: tuple[int, ...],
     importance: str | torch.nn.Module,
 ) -> tuple[torch.Tensor, ...]:
-    """The first attempt's plan: regions, their stats, importance, margin, goal and rungs.
-
-    Draws no random numbers and never waits for the device, so on CUDA it can be recorded
-    as one graph (``_graphs.py``).
-    """
+    """The first attempt's plan: regions, their stats, importance, margin, goal and rungs."""
     regions = to_regions(batch, region_size)
     stats = stats_of_regions(regions)
     if isinstance(importance, torch.nn.Module):

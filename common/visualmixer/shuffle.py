@@ -210,6 +210,7 @@ def shuffle_regions(
     region_scope: int,
     generator: torch.Generator | None,
     out_name: str | None = None,
+    fixed_shapes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle regions laid out as (B, C, N, r, r) following ``rungs`` (B, N).
 
@@ -217,6 +218,11 @@ def shuffle_regions(
     channel, region), the row ``channel * N + region`` of the input it was taken from.
     With ``out_name`` the shuffled regions are written to that scratch buffer (valid until
     the next call that uses the name); otherwise to a new tensor.
+
+    ``fixed_shapes`` gives the same distribution (the same pools, dealt the same way) with
+    no tensor whose shape depends on the rungs and no wait for the device, so a CUDA graph
+    can record it (``_graphs.py``): every rung draws a full-size pool and one gather moves
+    every value through a per-row index, instead of one gather per rung's segment.
     """
     b, c, n, r, _ = regions.shape
     device = regions.device
@@ -233,9 +239,16 @@ def shuffle_regions(
     source_row = (source + offset).view(-1)  # (B*C*N,) input row of every output row
 
     order = _rows_by_rung(rungs, c, generator)  # (B*C*N,) output rows, grouped by rung
-    counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * c).tolist()
-
+    if out_name is None:
+        out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
+    else:
+        out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
     rows = regions.reshape(total, rr)
+    if fixed_shapes:
+        _deal_in_row_order(rows, rungs, c, block_sizes, source_row, order, generator, out.view(total, rr))
+        return out, source
+
+    counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * c).tolist()
     grouped = scratch("grouped", (total, rr), regions.dtype, device)
     words_in, _ = as_words(rows, rr)
     words_grouped, _ = as_words(grouped, rr)
@@ -269,10 +282,6 @@ def shuffle_regions(
         if rest:
             torch.gather(segment[full * size :], 1, pool[:rest], out=into[full * size :])
 
-    if out_name is None:
-        out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
-    else:
-        out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
     # Back to row order: gathering through the inverse permutation is about twice as fast
     # on CPU as scattering (``index_copy_``) through ``order`` itself.
     inverse = torch.empty_like(order).scatter_(0, order, torch.arange(total, device=device))
@@ -280,3 +289,37 @@ def shuffle_regions(
     words_mixed, _ = as_words(mixed, rr)
     torch.index_select(words_mixed, 0, inverse, out=words_out)
     return out, source
+
+
+def _deal_in_row_order(
+    rows: torch.Tensor,
+    rungs: torch.Tensor,
+    channels: int,
+    block_sizes: tuple[int, ...],
+    source_row: torch.Tensor,
+    order: torch.Tensor,
+    generator: torch.Generator | None,
+    out: torch.Tensor,
+) -> None:
+    """The fixed-shape shuffle into ``out`` (B*C*N, r*r): row ``t`` of a rung in ``order``
+    takes entry ``t mod pool_size_for(count)`` of that rung's pool, as in the grouped one."""
+    total, rr = rows.shape
+    r = math.isqrt(rr)
+    device = rows.device
+    k = len(block_sizes)
+    row_rung = rungs.unsqueeze(1).expand(-1, channels, -1).reshape(-1)  # rung of every output row
+    counts = (row_rung.unsqueeze(1) == torch.arange(k, device=device)).sum(0)  # (K,), no sync
+    sizes = (counts // REUSE).clamp(MIN_POOL, POOL_SIZE)  # pool_size_for, per rung, on the device
+    cap = pool_size_for(total)  # no rung holds more rows than the batch: its pool fits in cap
+    rung = row_rung[order]
+    dealt = (torch.arange(total, device=device) - (counts.cumsum(0) - counts)[rung]) % sizes[rung]
+    pick = torch.empty_like(order).scatter_(0, order, rung * cap + dealt)
+    pools = [torch.arange(rr, device=device).expand(cap, rr)]  # rung 0: left as is
+    pools += [block_permutations(block, r, cap, generator, device) for block in block_sizes[1:]]
+    index = scratch("index", (total, rr), torch.int64, device)
+    torch.index_select(torch.cat(pools), 0, pick, out=index)
+    picked = scratch("grouped", (total, rr), rows.dtype, device)
+    words_in, _ = as_words(rows, rr)
+    words_picked, _ = as_words(picked, rr)
+    torch.index_select(words_in, 0, source_row, out=words_picked)
+    torch.gather(picked, 1, index, out=out)
