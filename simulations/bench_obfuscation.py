@@ -11,8 +11,8 @@ measured in the same run on the same batch:
 * ``train_step_ips`` (32x32 only): images/s of one small-CNN training step (Adam);
 * ``transform_vs_gather``: how many gathers one transform costs (goal: <= 10);
 * ``overhead_vs_train_step``: transform time / training-step time per image (goal: < 5%);
-* on CUDA, ``graphs_ips`` and ``graphs_speedup``: the same transform with its deterministic
-  stages replayed as CUDA graphs (``common/visualmixer/_graphs.py``), interleaved with the
+* on CUDA, ``graphs_ips`` and ``graphs_speedup``: the same transform with its first attempt
+  replayed as a CUDA graph (``common/visualmixer/_graphs.py``), interleaved with the
   eager one, and eager time / graphs time.
 """
 

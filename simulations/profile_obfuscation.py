@@ -10,7 +10,8 @@ for the device. When the kernels' time is a small
 part of the wall time, the call is bound by per-operator host overhead (launches,
 dispatch, syncs) rather than by memory or arithmetic: fusing operators, not faster
 kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call;
-``--cuda-graphs`` replays the deterministic stages as CUDA graphs (``_graphs.py``).
+``--cuda-graphs`` replays the first attempt as a CUDA graph (``_graphs.py``), and on CUDA
+``memory_held_mb`` says what the calls left allocated on the device (the graphs' memory).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None = None) -> dict:
     device = x.device
-    for _ in range(2):  # warm-up: lazy module loading, cached tables, allocator
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    for _ in range(2):  # warm-up: lazy module loading, cached tables, allocator (and graphs)
         obfuscate(x, target)
     seconds = interleaved_seconds({"call": lambda: obfuscate(x, target)}, repeats, device)["call"]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -57,6 +61,10 @@ def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None
         row["kernel_ms"] = round(sum(e.time_range.elapsed_us() for e in kernels) / 1e3, 3)
         row["syncs"] = sum(1 for e in events if e.name.startswith(SYNC_CALLS))
         row["kernel_share_of_wall"] = round(row["kernel_ms"] / row["wall_ms"], 3)
+        # What the calls leave behind: live tensors (cached tables; a graph's inputs and
+        # outputs) and reserved memory (the allocator's cache; a graph's private pool).
+        row["allocated_mb"] = round((torch.cuda.memory_allocated(device) - allocated) / 2**20, 1)
+        row["reserved_mb"] = round((torch.cuda.memory_reserved(device) - reserved) / 2**20, 1)
     return row
 
 
