@@ -12,7 +12,8 @@ defense) and one with VisualMixer's cost per exchange, measured two ways:
   around every call, reported by the clients as ``obfuscation-seconds``) over the clients'
   round time, over all rounds: the direct measure, unaffected by noise between runs. Goal:
   under 5%. ``obfuscation_share_round_1`` and ``obfuscation_share_later_rounds`` split it:
-  round 1 also obfuscates each node's evaluation copy, which later rounds reuse.
+  round 1 also obfuscates each node's evaluation copy, which later rounds reuse;
+  ``evaluation_copy_share_round_1`` is that copy's part of round 1's share.
 * ``visualmixer_client_overhead``: (client seconds with visualmixer - without) / without,
   the difference of two noisy runs; it also counts side effects (e.g. cache pressure).
 
@@ -50,11 +51,15 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
     # measure of its cost, free of run-to-run noise.
     client: dict[int, float] = defaultdict(float)
     mixer: dict[int, float] = defaultdict(float)
+    evaluation_copy: dict[int, float] = defaultdict(float)  # the evaluate replies' part
     for server_round, seconds, reply in grid.log:
         client[server_round] += seconds
         if reply is not None and reply.has_content():
             for record in reply.content.metric_records.values():
-                mixer[server_round] += float(dict(record).get("obfuscation-seconds", 0.0))
+                spent = float(dict(record).get("obfuscation-seconds", 0.0))
+                mixer[server_round] += spent
+                if reply.metadata.message_type.startswith("evaluate"):
+                    evaluation_copy[server_round] += spent
     obfuscation = sum(mixer.values())
     later = [r for r in client if r > 1]
     # Round 1 pays one-off costs (data loading, first allocations, the evaluation copy):
@@ -70,6 +75,7 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
         "client_seconds_per_round": round(grid.client_seconds / len(rows), 2),
         "obfuscation_seconds_per_round": round(obfuscation / len(rows), 3),
         "obfuscation_share_round_1": round(mixer[1] / client[1], 4) if client[1] else None,
+        "evaluation_copy_share_round_1": round(evaluation_copy[1] / client[1], 4) if client[1] else None,
         "obfuscation_share_later_rounds": (
             round(sum(mixer[r] for r in later) / sum(client[r] for r in later), 4) if later else None
         ),
@@ -83,7 +89,7 @@ def median_row(rows: list[dict]) -> dict:
     """The first row with its timings replaced by the medians over all rows."""
     out = dict(rows[0])
     for key in ("seconds_per_round", "client_seconds_per_round", "obfuscation_seconds_per_round",
-                "obfuscation_share_round_1", "obfuscation_share_later_rounds"):
+                "obfuscation_share_round_1", "evaluation_copy_share_round_1", "obfuscation_share_later_rounds"):
         if out[key] is None:
             continue
         out[key] = round(statistics.median(r[key] for r in rows), 4)
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                 mixed["obfuscation_seconds_per_round"] / mixed["seconds_per_round"], 4
             ),
             "obfuscation_share_round_1": mixed["obfuscation_share_round_1"],
+            "evaluation_copy_share_round_1": mixed["evaluation_copy_share_round_1"],
             "obfuscation_share_later_rounds": mixed["obfuscation_share_later_rounds"],
         }), flush=True)
 

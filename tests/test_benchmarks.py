@@ -14,6 +14,8 @@ def test_bench_rounds_splits_the_obfuscation_share_by_round():
     for key in ("obfuscation_share_round_1", "obfuscation_share_later_rounds"):
         assert 0 < mixed[key] < 1 and plain[key] == 0
     assert mixed["obfuscation_seconds_per_round"] > 0 == plain["obfuscation_seconds_per_round"]
+    # Round 1 includes the evaluation copy, a part of its share; later rounds reuse the copy.
+    assert 0 < mixed["evaluation_copy_share_round_1"] < mixed["obfuscation_share_round_1"]
 
 
 def test_bench_obfuscation_times_images_from_a_folder(tmp_path):
