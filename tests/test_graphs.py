@@ -1,5 +1,5 @@
-"""CUDA graphs for obfuscate's deterministic stages (``common/visualmixer/_graphs.py``),
-checked here without a GPU; ``tests/test_cuda.py`` records and replays them on one.
+"""CUDA graphs for obfuscate's first attempt (``common/visualmixer/_graphs.py``),
+checked here without a GPU; ``tests/test_cuda.py`` records and replays it on one.
 
 A CUDA graph can only record work that never waits for the device and whose shapes do not
 depend on the data. Tensors on the ``meta`` device have shapes but no values, and take the
