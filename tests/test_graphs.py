@@ -259,3 +259,36 @@ def test_fixed_and_grouped_shuffles_give_the_same_bits_when_every_rung_is_used(m
     fixed = obfuscate(images, 0.8, seed=0)
     _graphs.clear()
     assert all(torch.equal(a, b) for a, b in zip(fields(grouped), fields(fixed)))
+
+
+class FrozenReplay(ReplayOnCpu):
+    """A broken graph: every replay draws the same random numbers, whatever the seed or the
+    default generator's state (what an unregistered generator would do)."""
+
+    def __call__(self, args, seed):
+        for static, arg in zip(self.inputs, args):
+            static.copy_(arg)
+        frozen = torch.Generator().manual_seed(0)
+        for static, fresh in zip(self.outputs, self.fn(*self.inputs, generator=frozen)):
+            static.copy_(fresh)
+        return self.outputs
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_a_graph_that_freezes_its_random_draws_is_never_used(monkeypatch, seed):
+    """The check before first use compares one replay with the same stages run eagerly from
+    the same generator state; a graph that fails it is dropped with a warning, and calls
+    run eagerly, still drawing fresh permutations."""
+    from common.visualmixer import obfuscate
+    from tests.test_visualmixer import images_for
+
+    monkeypatch.setattr(_graphs, "enabled", lambda device: True)
+    monkeypatch.setattr(_graphs, "_Recorded", FrozenReplay)
+    _graphs.clear()
+    x = images_for(6, 8, 32)
+    with pytest.warns(UserWarning, match="differs from the same stages run eagerly"):
+        first = obfuscate(x, 0.8, seed=seed)
+    assert list(_graphs._graphs.values()) == [None]
+    second = obfuscate(x, 0.8, seed=None if seed is None else seed + 1)
+    assert not torch.equal(first.images, second.images) and first.met_target.all()
+    _graphs.clear()

@@ -14,9 +14,11 @@ default generator, seeded ones a generator registered with the graph and re-seed
 each replay, which makes a seeded call give the same bits as running the same stages
 eagerly from a fresh generator with that seed (the fallback below does exactly that).
 
-A replay copies the arguments into the recorded inputs and returns the recorded outputs,
-which the next replay of the same graph overwrites: callers hold :data:`LOCK` for as long
-as they use them. If recording fails, that key runs eagerly from then on, with one warning.
+Before a graph is used, one replay must give the bits of the same stages run eagerly from
+the same generator state (a graph that froze its random draws would fail this). A replay
+copies the arguments into the recorded inputs and returns the recorded outputs, which the
+next replay of the same graph overwrites: callers hold :data:`LOCK` for as long as they use
+them. If recording or that check fails, the key runs eagerly from then on, with one warning.
 
 Switch: environment variable ``VISUALMIXER_CUDA_GRAPHS=1`` (or :func:`switched` in code,
 as the benchmarks do). Off by default until it has been measured on a GPU (the recording
@@ -112,7 +114,9 @@ def run(
     key = (name, static, seed is not None, device, tuple((a.shape, a.dtype) for a in args))
     if key not in _graphs:
         try:
-            _graphs[key] = _Recorded(fn, args, seeded=seed is not None)
+            recorded = _Recorded(fn, args, seeded=seed is not None)
+            _check_replay(recorded, fn, args)
+            _graphs[key] = recorded
         except Exception as error:  # recording is an optimisation: fall back, say so once
             warnings.warn(f"VisualMixer: CUDA graph for {name} not recorded ({error!r}); running eagerly")
             _graphs[key] = None
@@ -127,6 +131,43 @@ def run(
             generator.manual_seed(int(seed))
         return fn(*args, generator=generator), generator
     return recorded(args, seed), recorded.generator
+
+
+def _check_replay(recorded: _Recorded, fn: Stage, args: tuple[torch.Tensor, ...]) -> None:
+    """Raise unless a replay gives the bits of ``fn`` run eagerly from the same generator
+    state: a graph that froze its random draws, or recorded anything else than ``fn``
+    computes, is never used. Runs once per recorded graph."""
+    device = args[0].device
+    if recorded.generator is not None:
+        replayed = recorded(args, _CHECK_SEED)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_CHECK_SEED)
+        expected = fn(*args, generator=generator)
+    else:
+        default = _default_generator(device)
+        state = default.get_state()
+        replayed = recorded(args, None)
+        default.set_state(state)
+        expected = fn(*args, generator=None)
+    if not all(_same(a, b) for a, b in zip(replayed, expected, strict=True)):
+        raise RuntimeError("a replay differs from the same stages run eagerly")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bits for integers (images, rungs, indices); floats may differ in the last
+    place if the library picks another kernel inside the graph."""
+    if a.is_floating_point():
+        return torch.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+    return torch.equal(a, b)
+
+
+_CHECK_SEED = 20241127
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
 
 
 def clear() -> None:
