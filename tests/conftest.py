@@ -1,4 +1,5 @@
-"""Shared fixtures: small real-looking images and the optional CIFAR-10 copy."""
+"""Shared fixtures: small real-looking images, the optional CIFAR-10 copy, and obfuscate's
+CUDA-graph path played on the CPU."""
 
 from __future__ import annotations
 
@@ -31,3 +32,47 @@ def cifar_dir(tmp_path_factory) -> Path:
         members = [m for m in tar.getmembers() if m.name.startswith(("test/", "./test/"))]
         tar.extractall(root, members=members, filter="data")
     return root
+
+
+class ReplayOnCpu:
+    """Stands in for a recorded CUDA graph (``common/visualmixer/_graphs.py``) on the CPU with
+    a graph's semantics: fixed input tensors the arguments are copied into, fixed output
+    tensors that every replay overwrites in place, and a generator of its own, re-seeded
+    before each seeded replay (unseeded replays draw from the global generator)."""
+
+    def __init__(self, fn, args, seeded):
+        self.fn = fn
+        self.generator = torch.Generator() if seeded else None
+        self.inputs = tuple(a.clone() for a in args)
+        self.outputs = tuple(t.clone() for t in fn(*self.inputs, generator=self.generator))
+
+    def __call__(self, args, seed):
+        for static, arg in zip(self.inputs, args):
+            static.copy_(arg)
+        if self.generator is not None:
+            self.generator.manual_seed(seed)
+        for static, fresh in zip(self.outputs, self.fn(*self.inputs, generator=self.generator)):
+            static.copy_(fresh)
+        return self.outputs
+
+
+@pytest.fixture
+def replayed_on_cpu(monkeypatch):
+    """obfuscate takes its graph path (the fixed-shape shuffle) on the CPU, through
+    :class:`ReplayOnCpu`."""
+    from common.visualmixer import _graphs
+
+    monkeypatch.setattr(_graphs, "enabled", lambda device: True)
+    monkeypatch.setattr(_graphs, "_Recorded", ReplayOnCpu)
+    _graphs.clear()
+    yield
+    _graphs.clear()
+
+
+@pytest.fixture(params=["grouped", "fixed shapes"])
+def either_shuffle(request):
+    """Runs a test with the grouped shuffle (CPU, eager CUDA) and with the fixed-shape one
+    (CUDA graphs), which must deal the same pools the same way."""
+    if request.param == "fixed shapes":
+        request.getfixturevalue("replayed_on_cpu")
+    return request.param

@@ -8,9 +8,10 @@ same non-CPU branches as CUDA ones, so any read of a value on the host (``.item(
 on them: the recorded first attempt must run on ``meta`` from end to end with fixed shapes,
 and must not without (the grouped shuffle needs the rung counts on the host).
 
-Without a GPU, obfuscate's graph path runs through :class:`ReplayOnCpu`, which keeps a
-graph's memory and generator semantics, and through the eager fallback that a failed
-recording leaves; both use the fixed-shape shuffle, whose distribution is checked here.
+Without a GPU, obfuscate's graph path runs through ``ReplayOnCpu`` (tests/conftest.py),
+which keeps a graph's memory and generator semantics, and through the eager fallback that a
+failed recording leaves; both use the fixed-shape shuffle, whose distribution is checked
+here and, with the grouped one's, in tests/test_visualmixer.py (``either_shuffle``).
 """
 
 import warnings
@@ -21,6 +22,7 @@ import torch
 from common.visualmixer import _graphs
 from common.visualmixer._checks import check_block_sizes
 from common.visualmixer.functional import _first_attempt
+from tests.conftest import ReplayOnCpu
 
 
 def first_attempt(batch, region_size=8, fixed_shapes=True, scope=1):
@@ -111,41 +113,9 @@ def test_switched_overrides_the_environment_inside_its_block(monkeypatch):
     assert _graphs.enabled(cuda)
 
 
-class ReplayOnCpu:
-    """Stands in for a recorded graph on the CPU with a graph's semantics: fixed input
-    tensors the arguments are copied into, fixed output tensors that every replay
-    overwrites in place, and a generator of its own, re-seeded before each seeded replay
-    (unseeded replays draw from the global generator)."""
-
-    def __init__(self, fn, args, seeded):
-        self.fn = fn
-        self.generator = torch.Generator() if seeded else None
-        self.inputs = tuple(a.clone() for a in args)
-        self.outputs = tuple(t.clone() for t in fn(*self.inputs, generator=self.generator))
-
-    def __call__(self, args, seed):
-        for static, arg in zip(self.inputs, args):
-            static.copy_(arg)
-        if self.generator is not None:
-            self.generator.manual_seed(seed)
-        for static, fresh in zip(self.outputs, self.fn(*self.inputs, generator=self.generator)):
-            static.copy_(fresh)
-        return self.outputs
-
-
 class NoRecording:
     def __init__(self, fn, args, seeded):
         raise RuntimeError("no CUDA here")
-
-
-@pytest.fixture
-def replayed_on_cpu(monkeypatch):
-    """obfuscate takes its graph path on the CPU, through :class:`ReplayOnCpu`."""
-    monkeypatch.setattr(_graphs, "enabled", lambda device: True)
-    monkeypatch.setattr(_graphs, "_Recorded", ReplayOnCpu)
-    _graphs.clear()
-    yield
-    _graphs.clear()
 
 
 def fields(result):
@@ -205,41 +175,6 @@ def test_the_fixed_shape_shuffle_meets_the_target_and_keeps_each_region_multiset
     assert torch.equal(region_multisets(x, r), region_multisets(result.images, r))
     scoped = obfuscate(x, 0.8, region_size=r, region_scope=0, seed=seed)
     assert torch.equal(x.flatten(1).sort(1).values, scoped.images.flatten(1).sort(1).values)
-
-
-def test_the_fixed_shape_shuffle_deals_each_rung_evenly_to_a_fresh_pool(replayed_on_cpu):
-    """As the grouped shuffle does (tests/test_visualmixer.py): 512 copies of one ramp on the
-    pixel rung are dealt to 512 / REUSE permutations, REUSE regions each."""
-    from common.visualmixer import obfuscate
-    from common.visualmixer.shuffle import REUSE
-
-    ramp = (torch.arange(64, dtype=torch.uint8) * 4).view(1, 1, 8, 8)
-    batch = ramp.expand(512, 1, 8, 8).contiguous()
-    first = obfuscate(batch, 0.3, block_sizes=(1,), seed=3)
-    assert bool((first.block_size == 1).all()) and bool(first.met_target.all())
-    arrangements, counts = first.images.flatten(1).unique(dim=0, return_counts=True)
-    assert len(arrangements) == 512 // REUSE and bool((counts == REUSE).all())
-    assert torch.equal(arrangements.sort(1).values, ramp.flatten(1).expand(len(arrangements), 64))
-    second = obfuscate(batch, 0.3, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
-    assert len(set(map(tuple, arrangements.tolist())) & set(map(tuple, second.tolist()))) == 0
-
-
-@pytest.mark.parametrize("block", [2, 4])
-def test_the_fixed_shape_shuffle_moves_whole_blocks_on_coarse_rungs(replayed_on_cpu, block):
-    from common.visualmixer import obfuscate
-
-    ramp = (torch.arange(64) * 4).view(8, 8)
-    images = ramp.repeat(32, 1, 2, 2).to(torch.uint8)
-    result = obfuscate(images, 0.9, block_sizes=(block,), chromatic=False, seed=1)
-    assert bool((result.block_size == block).all())
-
-    def blocks(x):
-        regions = x.unfold(2, 8, 8).unfold(3, 8, 8).reshape(-1, 8, 8)
-        return regions.unfold(1, block, block).unfold(2, block, block).reshape(len(regions), -1, block * block)
-
-    for original, shuffled in zip(blocks(images), blocks(result.images)):
-        assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, original.tolist()))
-    assert not torch.equal(blocks(images), blocks(result.images))
 
 
 def test_fixed_and_grouped_shuffles_give_the_same_bits_when_every_rung_is_used(monkeypatch):

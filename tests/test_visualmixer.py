@@ -213,7 +213,7 @@ def test_returned_images_never_share_the_reused_buffers(shapes_batch):
     assert torch.equal(single, kept_single)
 
 
-def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool():
+def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool(either_shuffle):
     """512 copies of one 8x8 ramp (distinct values, so an output shows its permutation), all
     on the pixel rung: the pool holds 512 / REUSE = 64 permutations, each dealt to exactly 8
     regions; every output is a permutation of the ramp, and another call draws a new pool."""
@@ -232,7 +232,7 @@ def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool():
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("block", [2, 4])
-def test_coarse_rungs_move_whole_blocks(dtype, block):
+def test_coarse_rungs_move_whole_blocks(dtype, block, either_shuffle):
     """On a block rung every output block is one of its region's input blocks, intact (the
     uint8 and float32 paths move block rows as machine words, float64 as values)."""
     ramp = (torch.arange(64) * 4).view(8, 8)  # distinct values, smooth: every region moves
