@@ -36,6 +36,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .shuffle import make_generator
+
 ENV = "VISUALMIXER_CUDA_GRAPHS"
 MAX_GRAPHS = 8
 WARMUP_RUNS = 2
@@ -125,10 +127,7 @@ def run(
     _graphs.move_to_end(key)
     recorded = _graphs[key]
     if recorded is None:
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(seed))
+        generator = make_generator(seed, device)
         return fn(*args, generator=generator), generator
     return recorded(args, seed), recorded.generator
 
@@ -140,9 +139,7 @@ def _check_replay(recorded: _Recorded, fn: Stage, args: tuple[torch.Tensor, ...]
     device = args[0].device
     if recorded.generator is not None:
         replayed = recorded(args, _CHECK_SEED)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(_CHECK_SEED)
-        expected = fn(*args, generator=generator)
+        expected = fn(*args, generator=make_generator(_CHECK_SEED, device))
     else:
         default = _default_generator(device)
         state = default.get_state()

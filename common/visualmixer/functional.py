@@ -29,7 +29,7 @@ from ._checks import (
     check_target_vfe,
 )
 from .plan import gradient_importance, plan_rungs, saliency_importance
-from .shuffle import shuffle_regions
+from .shuffle import make_generator, shuffle_regions
 from .vfe import (
     RegionStats,
     from_regions,
@@ -62,15 +62,6 @@ class Obfuscation:
     vfe: torch.Tensor  # (B,) VFE measured on the returned images
     block_size: torch.Tensor  # (B, nh, nw) block side used in each region (= region_size: untouched)
     met_target: torch.Tensor  # (B,) bool, vfe >= target_vfe
-
-
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A generator for a reproducible call, or None for fresh global randomness."""
-    if seed is None:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed))
-    return generator
 
 
 @torch.no_grad()

@@ -49,9 +49,21 @@ MIN_POOL = 64  # fewest entries per rung
 REUSE = 8  # region-channels per entry, below POOL_SIZE
 
 
-def pool_size_for(region_channels: int) -> int:
-    """Entries per rung for a batch with this many (image, channel, region) triples."""
+def pool_size_for(region_channels: int | torch.Tensor) -> int | torch.Tensor:
+    """Entries per rung for a batch with this many (image, channel, region) triples (an int,
+    or a tensor of counts that stays on its device)."""
+    if isinstance(region_channels, torch.Tensor):
+        return (region_channels // REUSE).clamp(MIN_POOL, POOL_SIZE)
     return min(POOL_SIZE, max(MIN_POOL, region_channels // REUSE))
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator for a reproducible call, or None for fresh global randomness."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
 
 
 @lru_cache(maxsize=32)
@@ -309,7 +321,7 @@ def _deal_in_row_order(
     k = len(block_sizes)
     row_rung = rungs.unsqueeze(1).expand(-1, channels, -1).reshape(-1)  # rung of every output row
     counts = (row_rung.unsqueeze(1) == torch.arange(k, device=device)).sum(0)  # (K,), no sync
-    sizes = (counts // REUSE).clamp(MIN_POOL, POOL_SIZE)  # pool_size_for, per rung, on the device
+    sizes = pool_size_for(counts)  # per rung, on the device
     cap = pool_size_for(total)  # no rung holds more rows than the batch: its pool fits in cap
     rung = row_rung[order]
     dealt = (torch.arange(total, device=device) - (counts.cumsum(0) - counts)[rung]) % sizes[rung]
