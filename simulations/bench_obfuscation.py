@@ -70,6 +70,7 @@ def bench(
     x = images(batch, size, pool).to(device)
     flat = x.view(batch, -1)
     index = torch.rand(flat.shape, device=device).argsort(1)
+
     def obfuscate_with(graphs: bool) -> None:
         with _graphs.switched(graphs):
             obfuscate(x, target)

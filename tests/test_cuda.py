@@ -81,11 +81,12 @@ def test_cuda_graphs_give_the_bits_of_the_eager_fallback(monkeypatch, dtype, siz
         with monkeypatch.context() as patch:
             if name == "fallback":
                 patch.setattr(_graphs, "_Recorded", NoRecording)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the fallback's "not recorded"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
         # One graph, recorded (or, for the fallback, marked as failed to record).
-        assert len(_graphs._graphs) == 1 and (name == "fallback") == (None in _graphs._graphs.values())
+        said = [str(w.message) for w in caught]
+        assert len(_graphs._graphs) == 1 and (name == "fallback") == (None in _graphs._graphs.values()), said
     _graphs.clear()
     for fallback, recorded in zip(results["fallback"], results["recorded"]):
         assert all(torch.equal(a, b) for a, b in zip(fields(fallback), fields(recorded)))
