@@ -59,6 +59,9 @@ def test_graphs_are_off_unless_switched_on_and_only_ever_on_cuda(monkeypatch):
         monkeypatch.setenv(_graphs.ENV, value)
         assert _graphs.enabled(torch.device("cuda:1")) is on
         assert not _graphs.enabled(torch.device("cpu"))
+    monkeypatch.setenv(_graphs.ENV, "ture")  # a typo is not silently "off"
+    with pytest.raises(ValueError, match="VISUALMIXER_CUDA_GRAPHS must be one of .*got 'ture'"):
+        _graphs.enabled(torch.device("cuda"))
 
 
 def test_a_stage_that_cannot_be_recorded_runs_eagerly_with_one_warning():

@@ -49,13 +49,19 @@ _graphs: OrderedDict[Hashable, _Recorded | None] = OrderedDict()
 _switch: list[bool] = []  # innermost :func:`switched` wins over the environment
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def enabled(device: torch.device) -> bool:
     """Whether ``obfuscate`` records and replays graphs for tensors on ``device``."""
     if device.type != "cuda":
         return False
     if _switch:
         return _switch[-1]
-    return os.environ.get(ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+    value = os.environ.get(ENV, "0")
+    if value.strip().lower() not in _ON + _OFF:
+        raise ValueError(f"{ENV} must be one of {', '.join(_ON + _OFF[1:])}; got {value!r}")
+    return value.strip().lower() in _ON
 
 
 @contextmanager
