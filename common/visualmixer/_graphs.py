@@ -59,9 +59,10 @@ def enabled(device: torch.device) -> bool:
     if _switch:
         return _switch[-1]
     value = os.environ.get(ENV, "0")
-    if value.strip().lower() not in _ON + _OFF:
+    flag = value.strip().lower()
+    if flag not in _ON + _OFF:
         raise ValueError(f"{ENV} must be one of {', '.join(_ON + _OFF[1:])}; got {value!r}")
-    return value.strip().lower() in _ON
+    return flag in _ON
 
 
 @contextmanager
