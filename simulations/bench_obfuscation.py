@@ -13,7 +13,9 @@ measured in the same run on the same batch:
 * ``overhead_vs_train_step``: transform time / training-step time per image (goal: < 5%);
 * on CUDA, ``graphs_ips`` and ``graphs_speedup``: the same transform with its first attempt
   replayed as a CUDA graph (``common/visualmixer/_graphs.py``), interleaved with the
-  eager one, and eager time / graphs time.
+  eager one, and eager time / graphs time; ``graphs_first_calls_ms``: wall time of the
+  first four calls on a batch of a new shape (the first runs eagerly, the second also
+  records and checks the graph, the others replay it).
 """
 
 from __future__ import annotations
@@ -32,20 +34,26 @@ from common.training import to_model_input
 from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
 
 
+def wall_seconds(fn, device: torch.device) -> float:
+    """Wall time of one call of ``fn``, until the device has finished its work too."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def interleaved_seconds(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
     """Median wall time of each function, timed in turns (a, b, c, a, b, c, ...) after one
     warm-up round, so machine noise hits every function alike and the ratios hold."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
         for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            seconds = wall_seconds(fn, device)
             if round_:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -92,6 +100,10 @@ def bench(
             optimizer.step()
 
         fns["train"] = step
+    first_calls = []
+    if device.type == "cuda":  # before the interleaved runs, which then only replay
+        _graphs.clear()
+        first_calls = [wall_seconds(fns["graphs"], device) for _ in range(4)]
     seconds = interleaved_seconds(fns, repeats, device)
     gather, transform = seconds["gather"], seconds["transform"]
     row = {
@@ -106,6 +118,7 @@ def bench(
     if "graphs" in seconds:
         row["graphs_ips"] = round(batch / seconds["graphs"], 1)
         row["graphs_speedup"] = round(transform / seconds["graphs"], 2)
+        row["graphs_first_calls_ms"] = [round(1000 * t, 2) for t in first_calls]
     if "train" in seconds:
         row["train_step_ips"] = round(batch / seconds["train"], 1)
         row["overhead_vs_train_step"] = round(transform / seconds["train"], 4)

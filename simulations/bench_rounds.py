@@ -18,6 +18,8 @@ defense) and one with VisualMixer's cost per exchange, measured two ways:
   the difference of two noisy runs; it also counts side effects (e.g. cache pressure).
 
 ``obfuscation_share_of_round`` relates the same seconds to the whole round (server included).
+``--messages`` also prints each run's messages (round, type, seconds in the ClientApp and in
+VisualMixer), to see where a round's time went.
 """
 
 from __future__ import annotations
@@ -52,14 +54,18 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
     client: dict[int, float] = defaultdict(float)
     mixer: dict[int, float] = defaultdict(float)
     evaluation_copy: dict[int, float] = defaultdict(float)  # the evaluate replies' part
+    messages = []  # (round, message type, seconds in the ClientApp, of them in VisualMixer)
     for server_round, seconds, reply in grid.log:
         client[server_round] += seconds
+        spent = 0.0
         if reply is not None and reply.has_content():
             for record in reply.content.metric_records.values():
-                spent = float(dict(record).get("obfuscation-seconds", 0.0))
-                mixer[server_round] += spent
-                if reply.metadata.message_type.startswith("evaluate"):
-                    evaluation_copy[server_round] += spent
+                spent += float(dict(record).get("obfuscation-seconds", 0.0))
+            if reply.metadata.message_type.startswith("evaluate"):
+                evaluation_copy[server_round] += spent
+        mixer[server_round] += spent
+        kind = reply.metadata.message_type if reply is not None else "timed out"
+        messages.append((server_round, kind, round(seconds, 5), round(spent, 5)))
     obfuscation = sum(mixer.values())
     later = [r for r in client if r > 1]
     # Round 1 pays one-off costs (data loading, first allocations, the evaluation copy):
@@ -82,12 +88,13 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
         "bytes_up_per_round": sum(r["bytes-up"] for r in rows) // len(rows),
         "bytes_down_per_round": sum(r["bytes-down"] for r in rows) // len(rows),
         "last_federated_accuracy": rows[-1].get("federated-accuracy"),
+        "messages": messages,
     }
 
 
 def median_row(rows: list[dict]) -> dict:
     """The first row with its timings replaced by the medians over all rows."""
-    out = dict(rows[0])
+    out = {k: v for k, v in rows[0].items() if k != "messages"}
     for key in ("seconds_per_round", "client_seconds_per_round", "obfuscation_seconds_per_round",
                 "obfuscation_share_round_1", "evaluation_copy_share_round_1", "obfuscation_share_later_rounds"):
         if out[key] is None:
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--exchanges", default="images,activations,weights")
+    parser.add_argument("--messages", action="store_true",
+                        help="also print every run's messages: round, type, seconds in the ClientApp and in VisualMixer")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     # Warm-up: the first run in a process loads the data set and allocates; not measured.
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for defense in runs:
                 runs[defense].append(measure(exchange, defense, args))
+                if args.messages:
+                    print(json.dumps({"exchange": exchange, "defense": defense, "messages": runs[defense][-1]["messages"]}))
         base, mixed = median_row(runs["none"]), median_row(runs["visualmixer"])
         print(json.dumps(base), flush=True)
         print(json.dumps(mixed), flush=True)

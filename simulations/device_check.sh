@@ -8,13 +8,13 @@
 # time limit so a hang cannot eat the rest:
 #   1. the in-process tests (tests/test_cuda.py and every test that follows run-config
 #      device=auto onto the GPU; no Ray, no SuperLink), then tests/test_cuda.py again with
-#      VisualMixer's CUDA graphs switched on for every call (VISUALMIXER_CUDA_GRAPHS=1);
+#      VisualMixer's CUDA graphs switched off (VISUALMIXER_CUDA_GRAPHS=0);
 #   2. bench_obfuscation (CPU and CUDA rows, CUDA graphs interleaved with eager), on CIFAR-10
 #      test images when the archive is given;
 #   3. bench_step with --device cuda;
 #   4. profile_obfuscation on CUDA, eager and with CUDA graphs (and the CPU, for comparison);
 #   5. bench_rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA,
-#      eager and then with CUDA graphs.
+#      with CUDA graphs off and then on (the default), every message's seconds included.
 # Logs and JSON lines land in OUT_DIR; the exit status is the tests'.
 set -uo pipefail
 out=${1:?usage: device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]}
@@ -33,8 +33,8 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider -m "not slow and not deploy
     tests/test_models_data.py tests/test_training.py tests/test_dp.py tests/test_flower_apps.py \
     tests/test_attacks.py tests/test_graphs.py --junitxml "$out/junit.xml" 2>&1 | tee "$out/pytest.log"
 status=${PIPESTATUS[0]}
-VISUALMIXER_CUDA_GRAPHS=1 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    -m "not slow and not deployment" --junitxml "$out/junit-graphs.xml" 2>&1 | tee "$out/pytest-graphs.log"
+VISUALMIXER_CUDA_GRAPHS=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    -m "not slow and not deployment" --junitxml "$out/junit-eager.xml" 2>&1 | tee "$out/pytest-eager.log"
 graphs_status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] && status=$graphs_status
 
@@ -57,10 +57,10 @@ profile --device cuda --batch 1024 --cuda-graphs
 profile --device cuda --batch 32 --size 224 --cuda-graphs
 profile --device cpu --batch 256
 if [ -n "$archive" ]; then
+    VISUALMIXER_CUDA_GRAPHS=0 timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" \
+        --rounds 3 --repeats 3 --messages | tee "$out/bench-rounds-eager.jsonl"
     timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" --rounds 3 --repeats 3 \
-        | tee "$out/bench-rounds.jsonl"
-    VISUALMIXER_CUDA_GRAPHS=1 timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" \
-        --rounds 3 --repeats 3 | tee "$out/bench-rounds-graphs.jsonl"
+        --messages | tee "$out/bench-rounds.jsonl"
 fi
 echo "tests exit status: $status"
 exit "$status"

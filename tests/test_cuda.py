@@ -83,22 +83,48 @@ def test_cuda_graphs_give_the_bits_of_the_eager_fallback(monkeypatch, dtype, siz
                 patch.setattr(_graphs, "_Recorded", NoRecording)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
+                results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0, 1, 2)]
         # One graph, recorded (or, for the fallback, marked as failed to record).
         said = [str(w.message) for w in caught]
         assert len(_graphs._graphs) == 1 and (name == "fallback") == (None in _graphs._graphs.values()), said
     _graphs.clear()
     for fallback, recorded in zip(results["fallback"], results["recorded"]):
         assert all(torch.equal(a, b) for a, b in zip(fields(fallback), fields(recorded)))
-    first, second, again = results["recorded"]
+    first, second, again, *_ = results["recorded"]  # the first two ran eagerly, the rest replayed
     assert all(torch.equal(a, b) for a, b in zip(fields(first), fields(again)))
     assert not torch.equal(first.images, second.images) and first.met_target.all()
+
+
+def test_unseeded_cuda_graph_calls_continue_the_default_generator_s_stream(monkeypatch):
+    """Unseeded calls draw from the device's default generator whether they run eagerly, record
+    (the check replays from the state before, then puts back the state after) or replay: from
+    the same seed, the results and the draws after them are those of the eager fallback."""
+    from tests.test_graphs import NoRecording, fields
+
+    x = images_for(4, 64, 32).cuda()
+    monkeypatch.setenv(_graphs.ENV, "1")
+    results = {}
+    for name in ("fallback", "recorded"):
+        _graphs.clear()
+        with monkeypatch.context() as patch:
+            if name == "fallback":
+                patch.setattr(_graphs, "_Recorded", NoRecording)
+            torch.cuda.manual_seed(1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                calls = [obfuscate(x, 0.8) for _ in range(4)]
+            results[name] = [t for call in calls for t in fields(call)] + [torch.rand(5, device="cuda")]
+        assert len(_graphs._graphs) == 1 and (None in _graphs._graphs.values()) == (name == "fallback")
+    _graphs.clear()
+    assert all(torch.equal(a, b) for a, b in zip(results["fallback"], results["recorded"], strict=True))
 
 
 def test_cuda_graph_results_belong_to_the_caller_and_stay_random(monkeypatch):
     monkeypatch.setenv(_graphs.ENV, "1")
     _graphs.clear()
     x = images_for(3, 32, 32).cuda()
+    for _ in range(2):  # a key's first call runs eagerly, its second records the graph
+        obfuscate(x, 0.8)
     first = obfuscate(x, 0.8)
     kept = [t.clone() for t in (first.images, first.vfe, first.block_size)]
     obfuscate(x.flip(0), 0.8)  # replays the same graphs with other images

@@ -52,9 +52,9 @@ def test_the_meta_probe_catches_the_grouped_shuffle_s_data_dependent_work():
         first_attempt(batch, fixed_shapes=False)
 
 
-def test_graphs_are_off_unless_switched_on_and_only_ever_on_cuda(monkeypatch):
+def test_graphs_are_on_unless_switched_off_and_only_ever_on_cuda(monkeypatch):
     monkeypatch.delenv(_graphs.ENV, raising=False)
-    assert not _graphs.enabled(torch.device("cuda"))
+    assert _graphs.enabled(torch.device("cuda")) and not _graphs.enabled(torch.device("cpu"))
     for value, on in (("1", True), ("on", True), ("0", False), ("no", False)):
         monkeypatch.setenv(_graphs.ENV, value)
         assert _graphs.enabled(torch.device("cuda:1")) is on
@@ -64,32 +64,85 @@ def test_graphs_are_off_unless_switched_on_and_only_ever_on_cuda(monkeypatch):
         _graphs.enabled(torch.device("cuda"))
 
 
+def noisy_double(t, generator):
+    return (t * 2 + torch.rand(t.shape, generator=generator),)
+
+
 def test_a_stage_that_cannot_be_recorded_runs_eagerly_with_one_warning():
     """Recording is an optimisation: where it fails (here: CPU tensors), the stage still
-    runs, the caller gets its result, and the failure is reported once per key."""
+    runs, the caller gets its result, and the failure is reported once per key, on the
+    key's second call (the first records nothing)."""
     _graphs.clear()
     x = torch.arange(6.0)
-
-    def noisy_double(t, generator):
-        return (t * 2 + torch.rand(t.shape, generator=generator),)
-
     with _graphs.LOCK:
-        with pytest.warns(UserWarning, match="not recorded"):
-            (first,), generator = _graphs.run("double", (), noisy_double, (x,), 7)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            (first,), generator = _graphs.run("double", (), noisy_double, (x,), 7)
+        assert not _graphs._graphs
+        with pytest.warns(UserWarning, match="not recorded"):
             (second,), _ = _graphs.run("double", (), noisy_double, (x,), 7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (third,), _ = _graphs.run("double", (), noisy_double, (x,), 7)
     # Seeded from 7 and handed back to the caller, whose next draws continue its stream.
     seven = torch.Generator().manual_seed(7)
-    assert torch.equal(first, x * 2 + torch.rand(6, generator=seven)) and torch.equal(first, second)
+    assert torch.equal(first, x * 2 + torch.rand(6, generator=seven))
+    assert torch.equal(first, second) and torch.equal(first, third)
     assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=seven))
-    for size in range(_graphs.MAX_GRAPHS + 3):  # the cache stays bounded
+    _graphs.clear()
+
+
+def test_both_caches_stay_bounded():
+    _graphs.clear()
+    with _graphs.LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for size in range(_graphs.MAX_GRAPHS + 3):  # each key twice: each gets an entry
+            for _ in range(2):
+                _graphs.run("double", (), noisy_double, (torch.zeros(size + 1),), None)
+        assert len(_graphs._graphs) == _graphs.MAX_GRAPHS and not _graphs._seen
+        for size in range(_graphs.MAX_SEEN + 5):  # each key once
+            _graphs.run("double", (), noisy_double, (torch.zeros(100 + size),), None)
+        assert len(_graphs._seen) == _graphs.MAX_SEEN
+    _graphs.clear()
+    assert not _graphs._graphs and not _graphs._seen
+
+
+class CountingReplay(ReplayOnCpu):
+    made = 0
+
+    def __init__(self, fn, args, seeded):
+        type(self).made += 1
+        super().__init__(fn, args, seeded)
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_key_is_recorded_on_its_second_call_and_replays_follow_the_eager_stream(monkeypatch, seed):
+    """A key called once records nothing; its second call records one graph, which later
+    calls replay. Seeded or not, the results (and, unseeded, the global generator's stream
+    afterwards) are the bits the eager fallback gives: the check's replay from the state
+    before the second call leaves no trace, whether the graph passes it or not."""
+    x = torch.arange(12.0)
+    results = {}
+    recorders = {"fallback": NoRecording, "replayed": CountingReplay, "rejected": FrozenReplay}
+    CountingReplay.made = 0
+    for name, recorder in recorders.items():
+        monkeypatch.setattr(_graphs, "_Recorded", recorder)
+        _graphs.clear()
+        torch.manual_seed(1)
+        outputs = []
         with _graphs.LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _graphs.run("double", (), noisy_double, (torch.zeros(size + 1),), None)
-    assert len(_graphs._graphs) == _graphs.MAX_GRAPHS
+            for call in range(4):
+                (out,), _ = _graphs.run("double", (), noisy_double, (x,), seed)
+                outputs.append(out.clone())
+                if call == 0:
+                    assert not _graphs._graphs and len(_graphs._seen) == 1
+        results[name] = outputs + [torch.rand(5)]
+        assert len(_graphs._graphs) == 1 and (None in _graphs._graphs.values()) == (name != "replayed")
+    assert CountingReplay.made == 1
+    for name in ("replayed", "rejected"):  # a rejected graph leaves no trace in the stream either
+        assert all(torch.equal(a, b) for a, b in zip(results["fallback"], results[name], strict=True)), name
     _graphs.clear()
-    assert not _graphs._graphs
 
 
 def test_the_switch_leaves_cpu_results_bit_for_bit_unchanged(monkeypatch):
@@ -97,12 +150,12 @@ def test_the_switch_leaves_cpu_results_bit_for_bit_unchanged(monkeypatch):
     from tests.test_visualmixer import images_for
 
     x = images_for(2, 12, 32)
-    monkeypatch.delenv(_graphs.ENV, raising=False)
+    monkeypatch.setenv(_graphs.ENV, "0")
     off = obfuscate(x, 0.8, seed=3)
     monkeypatch.setenv(_graphs.ENV, "1")
-    on = obfuscate(x, 0.8, seed=3)
-    assert torch.equal(off.images, on.images) and torch.equal(off.vfe, on.vfe)
-    assert not _graphs._graphs
+    on = [obfuscate(x, 0.8, seed=3) for _ in range(3)]
+    assert all(torch.equal(off.images, o.images) and torch.equal(off.vfe, o.vfe) for o in on)
+    assert not _graphs._graphs and not _graphs._seen
 
 
 def test_switched_overrides_the_environment_inside_its_block(monkeypatch):
@@ -142,12 +195,12 @@ def test_a_replayed_attempt_gives_the_bits_of_the_eager_fallback(monkeypatch, ta
         _graphs.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0)]
+            results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0, 1, 2)]
         assert len(_graphs._graphs) == 1
     _graphs.clear()
     for fallback, replayed in zip(results["fallback"], results["replayed"]):
         assert all(torch.equal(a, b) for a, b in zip(fields(fallback), fields(replayed)))
-    first, second, again = results["replayed"]
+    first, second, again, *_ = results["replayed"]
     assert all(torch.equal(a, b) for a, b in zip(fields(first), fields(again)))
     assert not torch.equal(first.images, second.images)
 
@@ -157,6 +210,8 @@ def test_results_of_the_graph_path_are_not_overwritten_by_the_next_call(replayed
     from tests.test_visualmixer import images_for
 
     x = images_for(5, 16, 32)
+    for seed in (5, 6):  # the key's first two calls run eagerly (the second records)
+        obfuscate(x, 0.97, seed=seed)
     first = obfuscate(x, 0.97, seed=0)
     kept = [t.clone() for t in fields(first)]
     obfuscate(x.flip(0), 0.97, seed=1)
@@ -224,6 +279,7 @@ def test_a_graph_that_freezes_its_random_draws_is_never_used(monkeypatch, seed):
     monkeypatch.setattr(_graphs, "_Recorded", FrozenReplay)
     _graphs.clear()
     x = images_for(6, 8, 32)
+    obfuscate(x, 0.8, seed=seed)  # a key's first call records nothing
     with pytest.warns(UserWarning, match="differs from the same stages run eagerly"):
         first = obfuscate(x, 0.8, seed=seed)
     assert list(_graphs._graphs.values()) == [None]

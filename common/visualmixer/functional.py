@@ -6,9 +6,10 @@ raised by their shortfall. The last attempt puts every region on the finest rung
 image keeps the best draw it got, so the reported VFE is always the measured one: at or
 above the target, or the highest this loop could reach when the target is out of reach.
 
-On CUDA the first attempt can be replayed as a CUDA graph (``_graphs.py``, experimental):
-it is where almost every call ends, and its ~250 operators cost far more to dispatch than
-to run. The retries stay eager.
+On CUDA the first attempt is replayed as a CUDA graph once its batch shape comes back
+(``_graphs.py``; ``VISUALMIXER_CUDA_GRAPHS=0`` turns this off): it is where almost every
+call ends, and its ~250 operators cost far more to dispatch than to run. The retries stay
+eager.
 """
 
 from __future__ import annotations
