@@ -63,17 +63,12 @@ def test_cuda_and_cpu_reach_the_same_vfe_on_average():
     assert abs(on_gpu.block_size.float().mean().item() - cpu_blocks) < 0.02 * cpu_blocks
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-@pytest.mark.parametrize("size,scope,target", [(32, 1, 0.8), (32, 0, 0.8), (224, 1, 0.8), (32, 1, 0.97)])
-def test_cuda_graphs_give_the_bits_of_the_eager_fallback(monkeypatch, dtype, size, scope, target):
-    """A recorded first attempt, replayed, gives exactly what the same stages give eagerly
-    from a fresh generator with the same seed (the fallback when recording fails; PyTorch's
-    graph-safe RNG promises this), retries included (0.97 sends images back), for several
-    seeds through one graph; and the graph really was recorded."""
-    from tests.test_graphs import NoRecording, fields
+def eager_and_recorded(monkeypatch, calls) -> dict:
+    """What ``calls()`` returns with graphs on: once with recording failing (the eager
+    fallback) and once recorded, as {"fallback": ..., "recorded": ...}; each time exactly
+    one graph is kept (or, for the fallback, marked as failed to record)."""
+    from tests.test_graphs import NoRecording
 
-    images = images_for(7, 64 if size == 32 else 4, size)
-    x = (images if dtype == torch.uint8 else images.float() / 255).cuda()
     monkeypatch.setenv(_graphs.ENV, "1")
     results = {}
     for name in ("fallback", "recorded"):
@@ -83,11 +78,27 @@ def test_cuda_graphs_give_the_bits_of_the_eager_fallback(monkeypatch, dtype, siz
                 patch.setattr(_graphs, "_Recorded", NoRecording)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                results[name] = [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0, 1, 2)]
-        # One graph, recorded (or, for the fallback, marked as failed to record).
+                results[name] = calls()
         said = [str(w.message) for w in caught]
         assert len(_graphs._graphs) == 1 and (name == "fallback") == (None in _graphs._graphs.values()), said
     _graphs.clear()
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("size,scope,target", [(32, 1, 0.8), (32, 0, 0.8), (224, 1, 0.8), (32, 1, 0.97)])
+def test_cuda_graphs_give_the_bits_of_the_eager_fallback(monkeypatch, dtype, size, scope, target):
+    """A recorded first attempt, replayed, gives exactly what the same stages give eagerly
+    from a fresh generator with the same seed (the fallback when recording fails; PyTorch's
+    graph-safe RNG promises this), retries included (0.97 sends images back), for several
+    seeds through one graph; and the graph really was recorded."""
+    from tests.test_graphs import fields
+
+    images = images_for(7, 64 if size == 32 else 4, size)
+    x = (images if dtype == torch.uint8 else images.float() / 255).cuda()
+    results = eager_and_recorded(
+        monkeypatch, lambda: [obfuscate(x, target, region_scope=scope, seed=s) for s in (0, 1, 0, 1, 2)]
+    )
     for fallback, recorded in zip(results["fallback"], results["recorded"]):
         assert all(torch.equal(a, b) for a, b in zip(fields(fallback), fields(recorded)))
     first, second, again, *_ = results["recorded"]  # the first two ran eagerly, the rest replayed
@@ -99,23 +110,16 @@ def test_unseeded_cuda_graph_calls_continue_the_default_generator_s_stream(monke
     """Unseeded calls draw from the device's default generator whether they run eagerly, record
     (the check replays from the state before, then puts back the state after) or replay: from
     the same seed, the results and the draws after them are those of the eager fallback."""
-    from tests.test_graphs import NoRecording, fields
+    from tests.test_graphs import fields
 
     x = images_for(4, 64, 32).cuda()
-    monkeypatch.setenv(_graphs.ENV, "1")
-    results = {}
-    for name in ("fallback", "recorded"):
-        _graphs.clear()
-        with monkeypatch.context() as patch:
-            if name == "fallback":
-                patch.setattr(_graphs, "_Recorded", NoRecording)
-            torch.cuda.manual_seed(1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                calls = [obfuscate(x, 0.8) for _ in range(4)]
-            results[name] = [t for call in calls for t in fields(call)] + [torch.rand(5, device="cuda")]
-        assert len(_graphs._graphs) == 1 and (None in _graphs._graphs.values()) == (name == "fallback")
-    _graphs.clear()
+
+    def calls():
+        torch.cuda.manual_seed(1)
+        results = [obfuscate(x, 0.8) for _ in range(4)]
+        return [t for call in results for t in fields(call)] + [torch.rand(5, device="cuda")]
+
+    results = eager_and_recorded(monkeypatch, calls)
     assert all(torch.equal(a, b) for a, b in zip(results["fallback"], results["recorded"], strict=True))
 
 
