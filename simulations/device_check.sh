@@ -35,8 +35,8 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider -m "not slow and not deploy
 status=${PIPESTATUS[0]}
 VISUALMIXER_CUDA_GRAPHS=0 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     -m "not slow and not deployment" --junitxml "$out/junit-eager.xml" 2>&1 | tee "$out/pytest-eager.log"
-graphs_status=${PIPESTATUS[0]}
-[ "$status" -eq 0 ] && status=$graphs_status
+eager_status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] && status=$eager_status
 
 data=()
 if [ -n "$archive" ]; then
