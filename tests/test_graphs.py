@@ -68,6 +68,11 @@ def noisy_double(t, generator):
     return (t * 2 + torch.rand(t.shape, generator=generator),)
 
 
+class NoRecording:
+    def __init__(self, fn, args, seeded):
+        raise RuntimeError("no CUDA here")
+
+
 def test_a_stage_that_cannot_be_recorded_runs_eagerly_with_one_warning():
     """Recording is an optimisation: where it fails (here: CPU tensors), the stage still
     runs, the caller gets its result, and the failure is reported once per key, on the
@@ -167,11 +172,6 @@ def test_switched_overrides_the_environment_inside_its_block(monkeypatch):
             assert _graphs.enabled(cuda) and not _graphs.enabled(torch.device("cpu"))
         assert not _graphs.enabled(cuda)
     assert _graphs.enabled(cuda)
-
-
-class NoRecording:
-    def __init__(self, fn, args, seeded):
-        raise RuntimeError("no CUDA here")
 
 
 def fields(result):
