@@ -11,7 +11,7 @@ part of the wall time, the call is bound by per-operator host overhead (launches
 dispatch, syncs) rather than by memory or arithmetic: fusing operators, not faster
 kernels, is what would speed it up. ``--trace`` writes a Chrome trace of one call;
 ``--cuda-graphs`` replays the first attempt as a CUDA graph (``_graphs.py``), and on CUDA
-``memory_held_mb`` says what the calls left allocated on the device (the graphs' memory).
+``allocated_mb`` and ``reserved_mb`` say what the calls left on the device (the graphs' memory).
 """
 
 from __future__ import annotations
