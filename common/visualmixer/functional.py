@@ -123,7 +123,7 @@ def obfuscate(
             else:
                 rungs = plan_rungs(sub, weights[todo], goal[todo], ladder)
             shuffled, source = shuffle_regions(regions[todo], rungs, ladder, grid, chromatic, scope, generator)
-            (achieved,) = _measure(shuffled, source, sub.variance, sub.valid)
+            achieved = _measure(shuffled, source, sub.variance, sub.valid)
             better = achieved > best_vfe[todo]
             keep = todo[better]
             best[keep] = shuffled[better]
@@ -165,7 +165,7 @@ def _first_attempt(
     shuffled, source = shuffle_regions(
         regions, rungs, ladder, grid, chromatic, scope, generator, "shuffled", fixed_shapes
     )
-    return (*planned, shuffled, *_measure(shuffled, source, variance, valid))
+    return (*planned, shuffled, _measure(shuffled, source, variance, valid))
 
 
 def _plan(
@@ -190,10 +190,10 @@ def _plan(
 
 def _measure(
     shuffled: torch.Tensor, source: torch.Tensor, variance: torch.Tensor, valid: torch.Tensor
-) -> tuple[torch.Tensor]:
-    """(VFE of each shuffled image,): a shuffle never changes a region's variance, so it is
+) -> torch.Tensor:
+    """(B,) VFE of each shuffled image: a shuffle never changes a region's variance, so it is
     carried over from each output row's source row and only the pair energy is measured."""
     b, c, n = variance.shape
     variance = variance.reshape(b, c * n).gather(1, source).view(b, c, n)
     valid = valid.reshape(b, c * n).gather(1, source).view(b, c, n)
-    return (shuffled_image_vfe(shuffled, variance, valid),)
+    return shuffled_image_vfe(shuffled, variance, valid)
