@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
     parser.add_argument("--data-dir", default="", help="an ImageFolder tree: profile its 32x32 test images")
     parser.add_argument("--trace", default="", help="write a Chrome trace of one call here")
-    parser.add_argument("--cuda-graphs", action="store_true", help="replay the deterministic stages as CUDA graphs")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay the first attempt as a CUDA graph (without it: eager, whatever VISUALMIXER_CUDA_GRAPHS says)")
     args = parser.parse_args(argv)
     pool = load_dataset("folder", "test", args.data_dir).images if args.data_dir else None
     x = images(args.batch, args.size, pool).to(resolve_device(args.device))

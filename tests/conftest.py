@@ -58,7 +58,8 @@ class ReplayOnCpu:
 
 @pytest.fixture
 def replayed_on_cpu(monkeypatch):
-    """obfuscate takes its graph path (the fixed-shape shuffle) on the CPU, through
+    """obfuscate takes its graph path (the fixed-shape shuffle) on the CPU: a batch shape's
+    first two calls run it eagerly (the second also records), later ones replay it through
     :class:`ReplayOnCpu`."""
     from common.visualmixer import _graphs
 
