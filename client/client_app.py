@@ -32,7 +32,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import EvaluationSet, Node
+from client.node import EvaluationSet, Node, obfuscation_cost
 from common.dp import PrivacyLedger
 
 app = ClientApp()
@@ -108,12 +108,12 @@ def _evaluation_set(context: Context, node: Node) -> EvaluationSet:
     ``context.state`` when it is at most ``EVAL_CACHE_BYTES`` (a larger one is made again
     each round: same seed, same copy, so only the time differs)."""
     record = context.state.get(EVAL_SET)
-    if record is not None:
-        return (*_images_of(record), 0.0)
-    images, labels, seconds = node.evaluation_set()
+    if record is not None:  # kept only under VisualMixer: this round obfuscated nothing
+        return (*_images_of(record), obfuscation_cost([]))
+    images, labels, cost = node.evaluation_set()
     if node.config.uses_visualmixer and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
         context.state[EVAL_SET] = _images_record(images, labels)
-    return images, labels, seconds
+    return images, labels, cost
 
 
 def _split_batch(context: Context, server_round: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -28,8 +28,18 @@ from common.training import (
 from common.visualmixer import VisualMixer
 
 
-# (images, labels, seconds spent obfuscating them) of a node's evaluation set
-EvaluationSet = tuple[torch.Tensor, torch.Tensor, float]
+# (images, labels, what obfuscating them cost: obfuscation_cost's metrics) of a node's
+# evaluation set
+EvaluationSet = tuple[torch.Tensor, torch.Tensor, dict[str, float]]
+
+
+def obfuscation_cost(mixers: list[RecordingMixer]) -> dict[str, float]:
+    """What the client reports of VisualMixer's cost: seconds spent in it and retries
+    (attempts after each call's first, see ``Obfuscation.attempts``)."""
+    return {
+        "obfuscation-seconds": sum(m.seconds for m in mixers),
+        "obfuscation-retries": sum(m.retries for m in mixers),
+    }
 
 
 @dataclass
@@ -119,7 +129,7 @@ class Node:
     def _vfe(mixer: RecordingMixer | None) -> dict[str, float]:
         if mixer is None:
             return {}
-        return {"vfe": mixer.mean_vfe, "obfuscation-seconds": mixer.seconds}
+        return {"vfe": mixer.mean_vfe, **obfuscation_cost([mixer])}
 
     # -- exchange = weights --------------------------------------------------------------
     def train_weights(
@@ -229,14 +239,14 @@ class Node:
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluation_set(self) -> EvaluationSet:
-        """(images, labels, seconds spent obfuscating) of the held-out split as this node
+        """(images, labels, what obfuscating cost) of the held-out split as this node
         evaluates it: with VisualMixer, obfuscated once per run from the round-0 seed, so
         every round sees the same copy (the ClientApp keeps it in ``context.state``)."""
         held = self.held_out
         if self.config.eval_samples:
             held = held.subset(torch.arange(min(len(held), self.config.eval_samples)))
         if not self.config.uses_visualmixer:
-            return held.images, held.labels, 0.0
+            return held.images, held.labels, {}
         mixers: list[RecordingMixer] = []
 
         def mixer_for_seed(seed: int) -> RecordingMixer:
@@ -245,13 +255,12 @@ class Node:
 
         seed = round_seed(self.config.seed, 0, self.partition_id)
         images = obfuscate_once(held.images, mixer_for_seed, seed, self.device)
-        return images, held.labels, sum(m.seconds for m in mixers)
+        return images, held.labels, obfuscation_cost(mixers)
 
     def _evaluate(self, model: torch.nn.Module, held: EvaluationSet | None) -> dict:
-        images, labels, seconds = held if held is not None else self.evaluation_set()
+        images, labels, cost = held if held is not None else self.evaluation_set()
         accuracy, loss = evaluate(model, images, labels, device=self.device)
-        extra = {"obfuscation-seconds": seconds} if self.config.uses_visualmixer else {}
-        return {"num-examples": len(labels), "eval-accuracy": accuracy, "eval-loss": loss, **extra}
+        return {"num-examples": len(labels), "eval-accuracy": accuracy, "eval-loss": loss, **cost}
 
     def evaluate_model(self, state: dict[str, torch.Tensor], held: EvaluationSet | None = None) -> dict:
         """Federated evaluation of the global model; ``held`` is :meth:`evaluation_set`'s

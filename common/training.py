@@ -214,14 +214,16 @@ def evaluate(
 
 
 class RecordingMixer:
-    """Wraps a VisualMixer and keeps the mean VFE of everything it obfuscated and the
-    seconds it took (what privacy costs the client, reported per round)."""
+    """Wraps a VisualMixer and keeps the mean VFE of everything it obfuscated, the
+    seconds it took (what privacy costs the client, reported per round) and its retries
+    (attempts after each call's first: the calls whose images fell short cost more)."""
 
     def __init__(self, mixer) -> None:
         self.mixer = mixer
         self.total = 0.0
         self.count = 0
         self.seconds = 0.0
+        self.retries = 0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
@@ -229,6 +231,7 @@ class RecordingMixer:
         self.total += float(result.vfe.sum())  # also waits for a CUDA transform to finish
         self.count += len(result.vfe)
         self.seconds += time.perf_counter() - start
+        self.retries += result.attempts - 1
         return result.images
 
     @property

@@ -242,11 +242,13 @@ def _client_train_metrics(kept) -> dict:
         value = _mean([(float(m[key]), n) for m, n in counts if key in m])
         if value is not None:
             row[name] = value
-    # What privacy cost the clients this round: seconds inside VisualMixer, summed.
-    seconds = [m.get("obfuscation-seconds") for m, _ in counts]
-    seconds = [float(s) for s in seconds if isinstance(s, (int, float)) and math.isfinite(s) and s >= 0]
-    if seconds:
-        row["obfuscation-seconds"] = round(sum(seconds), 4)
+    # What privacy cost the clients this round: seconds inside VisualMixer and its retries
+    # (extra attempts for images that fell short of the target), summed.
+    for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", 0)):
+        values = [m.get(key) for m, _ in counts]
+        values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+        if values:
+            row[key] = round(sum(values), 4) if digits else int(sum(values))
     return row
 
 

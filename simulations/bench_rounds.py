@@ -19,7 +19,8 @@ defense) and one with VisualMixer's cost per exchange, measured two ways:
 
 ``obfuscation_share_of_round`` relates the same seconds to the whole round (server included).
 ``--messages`` also prints each run's messages (round, type, seconds in the ClientApp and in
-VisualMixer), to see where a round's time went.
+VisualMixer, VisualMixer's retries), to see where a round's time went: a call with retries
+(images whose first shuffle fell short of the target) runs about half as many operators again.
 """
 
 from __future__ import annotations
@@ -54,18 +55,20 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
     client: dict[int, float] = defaultdict(float)
     mixer: dict[int, float] = defaultdict(float)
     evaluation_copy: dict[int, float] = defaultdict(float)  # the evaluate replies' part
-    messages = []  # (round, message type, seconds in the ClientApp, of them in VisualMixer)
+    # (round, message type, seconds in the ClientApp, of them in VisualMixer, its retries)
+    messages = []
     for server_round, seconds, reply in grid.log:
         client[server_round] += seconds
-        spent = 0.0
+        spent, retries = 0.0, 0
         if reply is not None and reply.has_content():
             for record in reply.content.metric_records.values():
                 spent += float(dict(record).get("obfuscation-seconds", 0.0))
+                retries += int(dict(record).get("obfuscation-retries", 0))
             if reply.metadata.message_type.startswith("evaluate"):
                 evaluation_copy[server_round] += spent
         mixer[server_round] += spent
         kind = reply.metadata.message_type if reply is not None else "timed out"
-        messages.append((server_round, kind, round(seconds, 5), round(spent, 5)))
+        messages.append((server_round, kind, round(seconds, 5), round(spent, 5), retries))
     obfuscation = sum(mixer.values())
     later = [r for r in client if r > 1]
     # Round 1 pays one-off costs (data loading, first allocations, the evaluation copy):
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--exchanges", default="images,activations,weights")
     parser.add_argument("--messages", action="store_true",
-                        help="also print every run's messages: round, type, seconds in the ClientApp and in VisualMixer")
+                        help="also print every run's messages: round, type, seconds in the ClientApp and in VisualMixer, retries")
     args = parser.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     # Warm-up: the first run in a process loads the data set and allocates; not measured.

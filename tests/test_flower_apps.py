@@ -56,6 +56,16 @@ def test_each_exchange_runs_rounds_and_writes_its_files(tmp_path, exchange):
     assert config["run_config"]["exchange"] == exchange and "torch" in config["versions"]
 
 
+def test_rounds_report_visualmixers_retries(tmp_path):
+    """Each round sums the clients' retries: none at a target every first draw meets on
+    these images, some at one that sends images back for another draw."""
+    rows = {}
+    for target in (0.5, 0.99):
+        _, rows[target], _, _ = run(tmp_path, f"retries-{target}", exchange="images", **{"target-vfe": target})
+    assert all(row["obfuscation-retries"] == 0 for row in rows[0.5])
+    assert all(row["obfuscation-retries"] > 0 for row in rows[0.99])
+
+
 def test_images_never_leave_the_client_unobfuscated(tmp_path):
     grid, rows, _, _ = run(tmp_path, "img", exchange="images", **{"num-server-rounds": 1})
     from common.visualmixer import visual_feature_entropy
@@ -117,6 +127,7 @@ def test_federated_evaluation_uses_one_obfuscated_copy_per_run(tmp_path, monkeyp
     for node, metrics in _evaluation_metrics(grid).items():
         assert len(metrics) == 2 and metrics[0]["obfuscation-seconds"] > 0
         assert (metrics[1]["obfuscation-seconds"] == 0) == keep
+        assert metrics[0]["obfuscation-retries"] >= 0 and (metrics[1]["obfuscation-retries"] == 0 or not keep)
         context = grid.contexts[node]
         assert (client_app.EVAL_SET in context.state) == keep
         images, labels, _ = Node.from_context(context).evaluation_set()

@@ -63,6 +63,27 @@ def test_zero_target_leaves_images_untouched(shapes_batch):
     result = obfuscate(shapes_batch, 0.0, seed=0, chromatic=False)
     assert torch.equal(result.images, shapes_batch)
     assert (result.block_size == 8).all()
+    assert result.attempts == 1
+
+
+@pytest.mark.parametrize("target,short", [(0.8, False), (0.98, True), (0.99, True), (1.2, True)])
+def test_attempts_count_the_draws_the_batch_needed(monkeypatch, target, short):
+    """1 when the first draw met the target for every image, more when some fell short
+    (0.98 and 0.99 send some back); at 1.2, out of reach, every attempt runs."""
+    from common.visualmixer import functional
+
+    images = images_for(3, 64, 32)
+    result = obfuscate(images, target, seed=0)
+    most = functional.ATTEMPTS
+    monkeypatch.setattr(functional, "ATTEMPTS", 1)
+    first = obfuscate(images, target, seed=0)
+    assert first.attempts == 1 and (not first.met_target.all()) == short
+    if not short:
+        assert result.attempts == 1
+    elif target > 1:
+        assert result.attempts == most
+    else:
+        assert 2 <= result.attempts <= most
 
 
 def test_higher_targets_choose_finer_blocks(shapes_batch):

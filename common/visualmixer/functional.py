@@ -63,6 +63,10 @@ class Obfuscation:
     vfe: torch.Tensor  # (B,) VFE measured on the returned images
     block_size: torch.Tensor  # (B, nh, nw) block side used in each region (= region_size: untouched)
     met_target: torch.Tensor  # (B,) bool, vfe >= target_vfe
+    # Shuffles drawn for the batch: 1 when every image met the target on its first draw, up
+    # to ATTEMPTS. A later attempt re-plans only the images that fell short, yet runs about
+    # 140 operators whatever their number (+1 ms on a 500-image batch on a 2-core CPU).
+    attempts: int = 1
 
 
 @torch.no_grad()
@@ -112,9 +116,11 @@ def obfuscate(
         best_rungs = rungs
         todo = (best_vfe < target).nonzero().flatten()
         finest = len(ladder) - 1
+        attempts = 1
         for attempt in range(1, ATTEMPTS):
             if len(todo) == 0:
                 break
+            attempts += 1
             # Ask more of the images that fell short: raise their goal by the shortfall.
             goal[todo] += target - best_vfe[todo] + margin[todo]
             sub = stats.select(todo)
@@ -133,8 +139,8 @@ def obfuscate(
         images_out = from_regions(best, h, w)
         sizes = _ladder_tensor(ladder, batch.device)[best_rungs].view(b, *grid)  # may read a graph's output
     if single:
-        return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target)
-    return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target)
+        return Obfuscation(images_out[0], best_vfe, sizes, best_vfe >= target, attempts)
+    return Obfuscation(images_out, best_vfe, sizes, best_vfe >= target, attempts)
 
 
 @lru_cache(maxsize=32)
