@@ -13,8 +13,10 @@
 #      test images when the archive is given;
 #   3. bench_step with --device cuda;
 #   4. profile_obfuscation on CUDA, eager and with CUDA graphs (and the CPU, for comparison);
-#   5. bench_rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA,
-#      with CUDA graphs off and then on (the default), every message's seconds included.
+#   5. bench_retries on CUDA: how often the closed loop retries and what a retry costs there;
+#   6. bench_rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA,
+#      with CUDA graphs off and then on (the default), every message's seconds and retries
+#      included.
 # Logs and JSON lines land in OUT_DIR; the exit status is the tests'.
 set -uo pipefail
 out=${1:?usage: device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]}
@@ -56,6 +58,7 @@ profile --device cuda --batch 256 --cuda-graphs --trace "$out/trace-cuda-graphs-
 profile --device cuda --batch 1024 --cuda-graphs
 profile --device cuda --batch 32 --size 224 --cuda-graphs
 profile --device cpu --batch 256
+timeout 60 python3 -m simulations.bench_retries --device cuda "${data[@]}" | tee "$out/bench-retries.jsonl"
 if [ -n "$archive" ]; then
     VISUALMIXER_CUDA_GRAPHS=0 timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" \
         --rounds 3 --repeats 3 --messages | tee "$out/bench-rounds-eager.jsonl"

@@ -31,6 +31,18 @@ from simulations.bench_obfuscation import images, interleaved_seconds
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
+def top_level_operators(events) -> list:
+    """The PyTorch operators the caller dispatched (not those they call in turn)."""
+    return [e for e in events if e.name.startswith("aten::") and e.cpu_parent is None]
+
+
+def operators_of(fn) -> int:
+    """How many PyTorch operators one call of ``fn`` dispatches."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return len(top_level_operators(prof.events()))
+
+
 def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None = None) -> dict:
     device = x.device
     if device.type == "cuda":
@@ -47,7 +59,7 @@ def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None
     if trace:
         prof.export_chrome_trace(trace)
     events = prof.events()
-    operators = [e for e in events if e.name.startswith("aten::") and e.cpu_parent is None]
+    operators = top_level_operators(events)
     row = {
         "device": str(device),
         "batch": x.shape[0],

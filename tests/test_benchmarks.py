@@ -56,3 +56,18 @@ def test_profile_obfuscation_counts_the_operators_of_one_call(tmp_path):
     assert row["device"] == "cpu" and row["batch"] == 8 and row["wall_ms"] > 0
     assert 50 < row["operators"] < 1000  # one call dispatches a few hundred operators
     assert "traceEvents" in json.loads(trace.read_text())
+
+
+def test_bench_retries_counts_and_times_the_calls_that_retried():
+    import torch
+
+    from simulations import bench_retries
+
+    row = bench_retries.bench(16, 12, torch.device("cpu"), 0.99, 1)
+    assert 0 < row["calls_with_retries"] <= row["retries"] and row["calls"] == 12
+    assert row["timed_call_attempts"] >= 2
+    assert row["with_retries_operators"] > row["first_draw_operators"]
+    assert row["first_draw_ms"] > 0 and row["with_retries_ms"] > 0
+    assert bench_retries.functional.ATTEMPTS == 4  # put back after the timing
+    none = bench_retries.bench(16, 3, torch.device("cpu"), 0.0, 1)
+    assert none["calls_with_retries"] == 0 and "retries_ms" not in none
