@@ -244,11 +244,11 @@ def _client_train_metrics(kept) -> dict:
             row[name] = value
     # What privacy cost the clients this round: seconds inside VisualMixer and its retries
     # (extra attempts for images that fell short of the target), summed.
-    for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", 0)):
+    for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", None)):  # None: an int
         values = [m.get(key) for m, _ in counts]
         values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
         if values:
-            row[key] = round(sum(values), 4) if digits else int(sum(values))
+            row[key] = round(sum(values), digits)
     return row
 
 

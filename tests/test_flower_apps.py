@@ -62,6 +62,7 @@ def test_rounds_report_visualmixers_retries(tmp_path):
     rows = {}
     for target in (0.5, 0.99):
         _, rows[target], _, _ = run(tmp_path, f"retries-{target}", exchange="images", **{"target-vfe": target})
+    assert all(type(row["obfuscation-retries"]) is int for row in rows[0.5] + rows[0.99])
     assert all(row["obfuscation-retries"] == 0 for row in rows[0.5])
     assert all(row["obfuscation-retries"] > 0 for row in rows[0.99])
 
