@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     pool = load_dataset("folder", "test", args.data_dir).images if args.data_dir else None
+    if pool is not None and len(pool) < args.batch:
+        parser.error(f"--data-dir {args.data_dir} holds {len(pool)} test images, fewer than --batch {args.batch}")
     device = resolve_device(args.device)
     print(json.dumps(bench(args.batch, args.calls, device, args.target_vfe, args.repeats, pool)), flush=True)
 
