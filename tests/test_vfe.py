@@ -103,3 +103,28 @@ def test_shuffle_inside_region_never_changes_variance_only_arrangement(seed, r):
 def test_bad_input_names_the_problem(images, kwargs, match):
     with pytest.raises(ValueError, match=match):
         visual_feature_entropy(images, **kwargs)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_vfe_ignores_a_lowered_float32_matmul_precision(shapes_batch, device, precision):
+    """Training scripts often lower float32 matmul precision (TF32 on CUDA, bfloat16 on CPUs
+    that have it). VFE sums squared differences through matmuls, on integers that float32
+    holds exactly at full precision; lowered, their inputs would be rounded (TF32 keeps 11
+    significant bits, bfloat16 8), and the VFE a client checks and reports would move."""
+    from common.visualmixer import obfuscate
+
+    exact = visual_feature_entropy(shapes_batch)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        lowered = visual_feature_entropy(shapes_batch.to(device)).cpu()
+        result = obfuscate(shapes_batch.to(device), 0.8, seed=0)
+        measured = visual_feature_entropy(result.images.cpu())
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    torch.testing.assert_close(lowered, exact, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(result.vfe.cpu(), measured, rtol=1e-6, atol=1e-7)
