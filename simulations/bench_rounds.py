@@ -63,8 +63,9 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
         spent, retries = 0.0, 0
         if reply is not None and reply.has_content():
             for record in reply.content.metric_records.values():
-                spent += float(dict(record).get("obfuscation-seconds", 0.0))
-                retries += int(dict(record).get("obfuscation-retries", 0))
+                metrics = dict(record)
+                spent += float(metrics.get("obfuscation-seconds", 0.0))
+                retries += int(metrics.get("obfuscation-retries", 0))
             if reply.metadata.message_type.startswith("evaluate"):
                 evaluation_copy[server_round] += spent
         mixer[server_round] += spent
