@@ -39,10 +39,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) -m simulations.bench_obfuscation
+	$(PY) -m simulations.bench.obfuscation
 
 bench-step: $(STAMP)
-	$(PY) -m simulations.bench_step
+	$(PY) -m simulations.bench.step
 
 # VisualMixer vs DP-SGD on the embedded data; README shows the CIFAR-10 run (741 s on 2 cores).
 compare: $(STAMP)

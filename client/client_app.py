@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.node import EvaluationSet, Node, obfuscation_cost
@@ -56,7 +56,7 @@ def train(msg: Message, context: Context) -> Message:
 def upload_images(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     images, labels, metrics = node.obfuscated_upload(int(msg.content["config"]["server-round"]))
-    arrays = ArrayRecord({"images": Array(images.numpy()), "labels": Array(labels.numpy())})
+    arrays = ArrayRecord({"images": images, "labels": labels})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -69,9 +69,7 @@ def upload_activations(msg: Message, context: Context) -> Message:
     _save(context, client_part, optimizer)  # first round: keep the layers it started from
     # The backward pass needs the same obfuscated batch: keep it rather than redo the work.
     context.state[SPLIT_BATCH] = _images_record(batch, labels, round=torch.tensor([server_round]))
-    arrays = ArrayRecord(
-        {"activations": Array(activations.numpy()), "labels": Array(labels.numpy())}
-    )
+    arrays = ArrayRecord({"activations": activations, "labels": labels})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -79,7 +77,7 @@ def upload_activations(msg: Message, context: Context) -> Message:
 def apply_gradients(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     client_part, optimizer = _restore(context, None, node)
-    gradient = torch.from_numpy(msg.content["arrays"]["gradients"].numpy())
+    gradient = msg.content["arrays"].to_torch_state_dict()["gradients"]
     server_round = int(msg.content["config"]["server-round"])
     ledger = _ledger(context)
     metrics = node.client_backward(
@@ -119,20 +117,23 @@ def _evaluation_set(context: Context, node: Node) -> EvaluationSet:
 def _split_batch(context: Context, server_round: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The obfuscated batch this round's forward pass used, if this node still holds it."""
     record = context.state.get(SPLIT_BATCH)
-    if record is None or int(record["round"].numpy()[0]) != server_round:
+    if record is None:
         return None
-    return _images_of(record)
+    tensors = record.to_torch_state_dict()
+    if int(tensors["round"][0]) != server_round:
+        return None
+    return tensors["images"], tensors["labels"]
 
 
 def _images_record(images: torch.Tensor, labels: torch.Tensor, **extra: torch.Tensor) -> ArrayRecord:
     """Images and labels (plus ``extra`` tensors) as a record for ``context.state``."""
-    tensors = {"images": images, "labels": labels, **extra}
-    return ArrayRecord({k: Array(v.numpy()) for k, v in tensors.items()})
+    return ArrayRecord({"images": images, "labels": labels, **extra})
 
 
 def _images_of(record: ArrayRecord) -> tuple[torch.Tensor, torch.Tensor]:
     """The (images, labels) kept by :func:`_images_record`."""
-    return torch.from_numpy(record["images"].numpy()), torch.from_numpy(record["labels"].numpy())
+    tensors = record.to_torch_state_dict()
+    return tensors["images"], tensors["labels"]
 
 
 def _restore(context: Context, init: ArrayRecord | None, node: Node):
@@ -151,9 +152,7 @@ def _restore(context: Context, init: ArrayRecord | None, node: Node):
 
 
 def _save(context: Context, client_part: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    context.state["client-part"] = ArrayRecord(
-        {k: Array(v.detach().cpu().numpy()) for k, v in client_part.state_dict().items()}
-    )
+    context.state["client-part"] = ArrayRecord(client_part.state_dict())
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     context.state["client-optimizer"] = ConfigRecord({"state": buffer.getvalue()})

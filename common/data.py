@@ -6,11 +6,11 @@ see ``images / 255``.
 
 * ``shapes``: the embedded default (``common/shapes.py``), generated from a seed, offline.
 * ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``: torchvision's loaders, reading
-  ``data_dir`` (``download=True`` only when asked, since most machines here are offline).
+  ``data_dir``; nothing is downloaded unless :func:`load_dataset` is called with
+  ``download=True`` (runs never do: edge nodes and CI are often offline).
   MNIST-style 28x28 images are zero-padded to 32x32 so that 8-pixel regions tile them.
 * ``folder``: any ``ImageFolder`` root with ``train/`` and ``test/`` class folders (your
-  own or medical data), resized to ``image_size`` and centre-cropped. A CIFAR-10 copy laid
-  out this way lives in ``../shared/data`` for tests and benchmarks.
+  own or medical data), resized to ``image_size`` and centre-cropped.
 """
 
 from __future__ import annotations
@@ -25,16 +25,24 @@ import torch
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import generate_shapes
 
-DATASETS = ("shapes", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
-SPLITS = ("train", "test")
-# (channels, classes) of the built-in data sets; `folder` is known only from its files.
-DATASET_INFO = {
-    "shapes": (3, 10),
-    "cifar10": (3, 10),
-    "cifar100": (3, 100),
-    "mnist": (1, 10),
-    "fashion-mnist": (1, 10),
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    channels: int
+    classes: int | None  # None: known only from the files (``folder``)
+
+
+# The data sets by run-config name.
+DATASETS: dict[str, DatasetInfo] = {
+    "shapes": DatasetInfo(3, 10),
+    "cifar10": DatasetInfo(3, 10),
+    "cifar100": DatasetInfo(3, 100),
+    "mnist": DatasetInfo(1, 10),
+    "fashion-mnist": DatasetInfo(1, 10),
+    "folder": DatasetInfo(3, None),
 }
+SPLITS = ("train", "test")
 SHAPES_SIZES = {"train": 10_000, "test": 2_000}
 
 
@@ -79,8 +87,7 @@ def load_dataset(
         return ImageSet(images, labels, SHAPE_CLASSES)
     if data_dir is None or str(data_dir) == "":
         raise DataError(
-            f"dataset {name!r} needs data-dir: the folder that holds it "
-            f"(or set download to fetch it where the network allows)"
+            f"dataset {name!r} needs data-dir: the folder that holds it"
         )
     root = Path(data_dir).expanduser()
     if name == "folder":
@@ -102,7 +109,7 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Imag
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
         raise DataError(
             f"could not read {name} ({split}) under data-dir {str(root)!r}: {err} "
-            f"Put torchvision's {cls.__name__} files there, or allow download."
+            f"Put torchvision's {cls.__name__} files there (as its own download lays them out)."
         ) from err
     data = torch.as_tensor(ds.data)
     if data.dim() == 3:  # (N, 28, 28) grey: pad to 32x32 so 8-pixel regions tile it

@@ -27,17 +27,45 @@ exceed the budget stops training and says so.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+if TYPE_CHECKING:
+    from opacus.accountants import RDPAccountant
+
 DEFAULT_DELTA = 1e-5
+
+
+@lru_cache(maxsize=None)
+def opacus() -> SimpleNamespace:
+    """The parts of Opacus used here, imported on first use (only DP-SGD arms pay for it).
+
+    Importing Opacus calls ``logging.basicConfig``, which gives the root logger a handler:
+    every line of Flower's logger (which propagates to the root) would then print twice,
+    DEBUG lines included. The root logger's handlers are put back as they were.
+    """
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    from opacus import GradSampleModule
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    root.handlers[:] = handlers
+    return SimpleNamespace(
+        GradSampleModule=GradSampleModule,
+        RDPAccountant=RDPAccountant,
+        get_noise_multiplier=get_noise_multiplier,
+        DPOptimizer=DPOptimizer,
+        UniformWithReplacementSampler=UniformWithReplacementSampler,
+    )
 
 
 def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
@@ -49,7 +77,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
     return float(
-        get_noise_multiplier(
+        opacus().get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=steps, accountant="rdp",
         )
@@ -63,7 +91,7 @@ class PrivacyLedger:
     history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def accountant(self) -> RDPAccountant:
-        accountant = RDPAccountant()
+        accountant = opacus().RDPAccountant()
         accountant.history = list(self.history)
         return accountant
 
@@ -120,8 +148,8 @@ class PrivateTraining:
         sample_rate: float,
         ledger: PrivacyLedger,
     ) -> None:
-        self.module = GradSampleModule(module)
-        self.optimizer = DPOptimizer(
+        self.module = opacus().GradSampleModule(module)
+        self.optimizer = opacus().DPOptimizer(
             optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size,
         )
@@ -136,7 +164,7 @@ def poisson_batches(
 ):
     """``steps`` batches of indices, each sample in each batch with probability ``sample_rate``
     (Opacus' own sampler, the one its DP data loader uses)."""
-    sampler = UniformWithReplacementSampler(
+    sampler = opacus().UniformWithReplacementSampler(
         num_samples=num_samples, sample_rate=sample_rate, generator=generator, steps=steps
     )
     for batch in sampler:

@@ -2,7 +2,8 @@
 
 Both models are ``nn.Sequential`` of stages, so the first ``cut`` stages can run on the edge
 client and the rest on the server (:func:`split_model`). Neither uses BatchNorm, so Opacus
-DP-SGD can train the same architecture (GroupNorm instead).
+DP-SGD can train the same architecture: the small CNN has no normalisation layer,
+ResNet-18 uses GroupNorm.
 
 * ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-ReLU-maxpool, no normalisation)
   and a 2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
@@ -13,11 +14,11 @@ DP-SGD can train the same architecture (GroupNorm instead).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import torch
 from torch import nn
-
-MODELS = ("small-cnn", "resnet18-gn")
-DEFAULT_CUT = {"small-cnn": 1, "resnet18-gn": 1}
 
 
 def _conv_stage(cin: int, cout: int) -> nn.Sequential:
@@ -80,13 +81,18 @@ def resnet18_gn(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
     )
 
 
+# The models by run-config name.
+MODELS: dict[str, Callable[[int, int], nn.Sequential]] = {
+    "small-cnn": small_cnn,
+    "resnet18-gn": resnet18_gn,
+}
+
+
 def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
     """A fresh model by name (see :data:`MODELS`)."""
-    if name == "small-cnn":
-        return small_cnn(in_channels, num_classes)
-    if name == "resnet18-gn":
-        return resnet18_gn(in_channels, num_classes)
-    raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    return MODELS[name](in_channels, num_classes)
 
 
 def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -94,3 +100,9 @@ def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Seque
     if not 1 <= cut < len(model):
         raise ValueError(f"cut must be in [1, {len(model) - 1}] for this model, got {cut}")
     return model[:cut], model[cut:]
+
+
+@lru_cache(maxsize=None)
+def num_stages(name: str) -> int:
+    """How many stages model ``name`` has (a split-learning cut is in [1, stages - 1])."""
+    return len(build_model(name))

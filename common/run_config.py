@@ -1,26 +1,50 @@
 """The run configuration shared by the ClientApp and the ServerApp, checked once at start.
 
 Flower hands both apps ``context.run_config``: the ``[tool.flwr.app.config]`` table of
-``pyproject.toml`` merged with ``--run-config`` overrides. :func:`parse_run_config` turns
-that flat mapping into a typed :class:`RunConfig` and rejects bad values with a message that
-names the key, the value and what is allowed, so a typo fails at start, not mid-run.
+``pyproject.toml`` merged with ``--run-config`` overrides. That table is the one place the
+defaults live; :func:`parse_run_config` fills any key a caller left out from it, turns the
+flat mapping into a typed :class:`RunConfig`, and rejects bad values with a message that
+names the key, the value and what is allowed, so a typo fails at start, not mid-run. The
+allowed values come from the registries of the modules that implement them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
-from .models import MODELS
+from .models import MODELS, num_stages
 from .training import OPTIMIZERS
 from .visualmixer._checks import MAX_TARGET_VFE
 
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXCHANGES = ("images", "activations", "weights")
 DEFENSES = ("none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd")
 PARTITIONINGS = ("iid", "dirichlet")
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg")
+# Run-config name -> class of ``flwr.serverapp.strategy`` (resolved by the server, so that
+# nothing here imports Flower).
+STRATEGIES = {
+    "fedavg": "FedAvg",
+    "fedavgm": "FedAvgM",
+    "fedadam": "FedAdam",
+    "fedyogi": "FedYogi",
+    "fedadagrad": "FedAdagrad",
+    "fedmedian": "FedMedian",
+    "fedtrimmedavg": "FedTrimmedAvg",
+}
+# Keys that do not change what the model learns: a run may resume with other values.
+# ``num-server-rounds`` may grow to train longer, except under DP-SGD with the noise chosen
+# from the budget, where the planned rounds set sigma.
+OPERATIONAL_KEYS = frozenset(
+    {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples"}
+)
 
 
 class ConfigError(ValueError):
@@ -29,37 +53,37 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    exchange: str = "weights"
-    defense: str = "visualmixer"
-    dataset: str = "shapes"
-    data_dir: str = ""
-    partitioning: str = "iid"
-    dirichlet_alpha: float = 0.5
-    num_server_rounds: int = 8
-    local_steps: int = 60
-    batch_size: int = 64
-    upload_samples: int = 256
-    server_steps: int = 40
-    server_batch_size: int = 64
-    learning_rate: float = 0.002
-    optimizer: str = "adam"
-    model: str = "small-cnn"
-    cut_layer: int = 1
-    target_vfe: float = 0.8
-    region_size: int = 8
-    strategy: str = "fedavg"
-    min_replies: int = 1
-    round_timeout: float = 600.0
-    eval_samples: int = 500
-    num_classes: int = 0
-    seed: int = 0
-    output_dir: str = "outputs"
-    run_name: str = "default"
-    device: str = "auto"
-    target_epsilon: float = 8.0
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    noise_multiplier: float = 0.0
+    exchange: str
+    defense: str
+    dataset: str
+    data_dir: str
+    partitioning: str
+    dirichlet_alpha: float
+    num_server_rounds: int
+    local_steps: int
+    batch_size: int
+    upload_samples: int
+    server_steps: int
+    server_batch_size: int
+    learning_rate: float
+    optimizer: str
+    model: str
+    cut_layer: int
+    target_vfe: float
+    region_size: int
+    strategy: str
+    min_replies: int
+    round_timeout: float
+    eval_samples: int
+    num_classes: int
+    seed: int
+    output_dir: str
+    run_name: str
+    device: str
+    target_epsilon: float
+    delta: float
+    max_grad_norm: float
+    noise_multiplier: float
 
     @property
     def uses_visualmixer(self) -> bool:
@@ -73,8 +97,29 @@ class RunConfig:
         """The config with Flower's dashed key names."""
         return {key.replace("_", "-"): value for key, value in asdict(self).items()}
 
+    def learning_keys(self) -> dict[str, Any]:
+        """The keys that change what the model learns (a resumed run must keep them)."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_KEYS}
+        if not (self.uses_dp and self.noise_multiplier == 0):
+            del keys["num-server-rounds"]
+        return keys
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    def learning_hash(self) -> str:
+        """sha256 of :meth:`learning_keys`, stored in checkpoints."""
+        return hashlib.sha256(json.dumps(self.learning_keys(), sort_keys=True).encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def app_defaults() -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml (empty when it is not there,
+    e.g. the package installed without its app files)."""
+    if not PYPROJECT.exists():
+        return {}
+    with PYPROJECT.open("rb") as f:
+        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def _choice(key: str, value: Any, allowed: Mapping[str, Any] | tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"run-config {key}={value!r} is not one of: {', '.join(allowed)}")
     return value
@@ -92,32 +137,40 @@ def _number(key: str, value: Any, kind: type, minimum: float, maximum: float | N
     return value
 
 
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"run-config {key}={value!r} must be a non-empty string")
+    return value
+
+
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Check and type a Flower run config (dashed keys); unknown keys are ignored."""
-    defaults = RunConfig().to_dict()
-    merged = {**defaults, **{k: v for k, v in raw.items() if k in defaults}}
-    g = merged.get
-    exchange = _choice("exchange", g("exchange"), EXCHANGES)
-    defense = _choice("defense", g("defense"), DEFENSES)
+    """Check and type a Flower run config (dashed keys); keys left out take the app's
+    defaults, unknown keys are ignored."""
+    fields = RunConfig.__dataclass_fields__
+    merged = {**app_defaults(), **raw}
+    missing = [k.replace("_", "-") for k in fields if k.replace("_", "-") not in merged]
+    if missing:
+        raise ConfigError(f"run-config has no value for {', '.join(missing)} and no pyproject.toml defaults")
+    value = merged.get
+    exchange = _choice("exchange", value("exchange"), EXCHANGES)
+    defense = _choice("defense", value("defense"), DEFENSES)
     if "dp-sgd" in defense and exchange == "images":
         raise ConfigError(
             f"run-config defense={defense!r} with exchange='images' is refused: DP-SGD noises "
             "gradients, it does not hide uploaded images (use defense 'visualmixer', or "
             "exchange 'weights' or 'activations' for DP-SGD)"
         )
-    model = _choice("model", g("model"), MODELS)
-    region_size = _number("region-size", g("region-size"), int, 2)
+    model = _choice("model", value("model"), MODELS)
+    region_size = _number("region-size", value("region-size"), int, 2)
     if region_size & (region_size - 1) or 32 % region_size:
         raise ConfigError(
             f"run-config region-size={region_size} must be a power of two that divides the "
             "32x32 images: 2, 4, 8, 16 or 32"
         )
-    for key in ("run-name", "output-dir"):
-        if not isinstance(g(key), str) or not g(key).strip():
-            raise ConfigError(f"run-config {key}={g(key)!r} must be a non-empty string")
-    if "/" in g("run-name") or g("run-name") in (".", ".."):
-        raise ConfigError(f"run-config run-name={g('run-name')!r} must be a plain folder name")
-    device = g("device")
+    run_name = _text("run-name", value("run-name"))
+    if "/" in run_name or run_name in (".", ".."):
+        raise ConfigError(f"run-config run-name={run_name!r} must be a plain folder name")
+    device = value("device")
     if not isinstance(device, str) or not (
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
@@ -125,33 +178,33 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     return RunConfig(
         exchange=exchange,
         defense=defense,
-        dataset=_choice("dataset", g("dataset"), DATASETS),
-        data_dir=str(g("data-dir")),
-        partitioning=_choice("partitioning", g("partitioning"), PARTITIONINGS),
-        dirichlet_alpha=_number("dirichlet-alpha", g("dirichlet-alpha"), float, 1e-6),
-        num_server_rounds=_number("num-server-rounds", g("num-server-rounds"), int, 1),
-        local_steps=_number("local-steps", g("local-steps"), int, 1),
-        batch_size=_number("batch-size", g("batch-size"), int, 1),
-        upload_samples=_number("upload-samples", g("upload-samples"), int, 0),
-        server_steps=_number("server-steps", g("server-steps"), int, 1),
-        server_batch_size=_number("server-batch-size", g("server-batch-size"), int, 1),
-        learning_rate=_number("learning-rate", g("learning-rate"), float, 1e-12),
-        optimizer=_choice("optimizer", g("optimizer"), OPTIMIZERS),
+        dataset=_choice("dataset", value("dataset"), DATASETS),
+        data_dir=str(value("data-dir")),
+        partitioning=_choice("partitioning", value("partitioning"), PARTITIONINGS),
+        dirichlet_alpha=_number("dirichlet-alpha", value("dirichlet-alpha"), float, 1e-6),
+        num_server_rounds=_number("num-server-rounds", value("num-server-rounds"), int, 1),
+        local_steps=_number("local-steps", value("local-steps"), int, 1),
+        batch_size=_number("batch-size", value("batch-size"), int, 1),
+        upload_samples=_number("upload-samples", value("upload-samples"), int, 0),
+        server_steps=_number("server-steps", value("server-steps"), int, 1),
+        server_batch_size=_number("server-batch-size", value("server-batch-size"), int, 1),
+        learning_rate=_number("learning-rate", value("learning-rate"), float, 1e-12),
+        optimizer=_choice("optimizer", value("optimizer"), OPTIMIZERS),
         model=model,
-        cut_layer=_number("cut-layer", g("cut-layer"), int, 1, 3 if model == "small-cnn" else 5),
-        target_vfe=_number("target-vfe", g("target-vfe"), float, 0.0, MAX_TARGET_VFE),
+        cut_layer=_number("cut-layer", value("cut-layer"), int, 1, num_stages(model) - 1),
+        target_vfe=_number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
         region_size=region_size,
-        strategy=_choice("strategy", g("strategy"), STRATEGIES),
-        min_replies=_number("min-replies", g("min-replies"), int, 1),
-        round_timeout=_number("round-timeout", g("round-timeout"), float, 1.0),
-        eval_samples=_number("eval-samples", g("eval-samples"), int, 0),
-        num_classes=_number("num-classes", g("num-classes"), int, 0),
-        seed=_number("seed", g("seed"), int, 0),
-        output_dir=g("output-dir"),
-        run_name=g("run-name"),
+        strategy=_choice("strategy", value("strategy"), STRATEGIES),
+        min_replies=_number("min-replies", value("min-replies"), int, 1),
+        round_timeout=_number("round-timeout", value("round-timeout"), float, 1.0),
+        eval_samples=_number("eval-samples", value("eval-samples"), int, 0),
+        num_classes=_number("num-classes", value("num-classes"), int, 0),
+        seed=_number("seed", value("seed"), int, 0),
+        output_dir=_text("output-dir", value("output-dir")),
+        run_name=run_name,
         device=device,
-        target_epsilon=_number("target-epsilon", g("target-epsilon"), float, 1e-3),
-        delta=_number("delta", g("delta"), float, 1e-12, 0.1),
-        max_grad_norm=_number("max-grad-norm", g("max-grad-norm"), float, 1e-6),
-        noise_multiplier=_number("noise-multiplier", g("noise-multiplier"), float, 0.0),
+        target_epsilon=_number("target-epsilon", value("target-epsilon"), float, 1e-3),
+        delta=_number("delta", value("delta"), float, 1e-12, 0.1),
+        max_grad_norm=_number("max-grad-norm", value("max-grad-norm"), float, 1e-6),
+        noise_multiplier=_number("noise-multiplier", value("noise-multiplier"), float, 0.0),
     )

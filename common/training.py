@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
 
 from .st_adam import STAdam
 
-OPTIMIZERS = ("sgd", "adam", "st-adam")
+# The optimizers by run-config name: SGD with momentum 0.9, Adam, and ST-Adam.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": partial(torch.optim.SGD, momentum=0.9),
+    "adam": torch.optim.Adam,
+    "st-adam": STAdam,
+}
 Mixer = Callable[[torch.Tensor], torch.Tensor]
 
 # Values (images x channels x pixels) obfuscated per mixer call in training: the batches of
@@ -65,13 +71,9 @@ def round_seed(seed: int, server_round: int, node: int) -> int:
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if not lr > 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "st-adam":
-        return STAdam(params, lr=lr)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    return OPTIMIZERS[name](params, lr=lr)
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

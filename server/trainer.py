@@ -8,10 +8,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from common.data import DATASET_INFO, DataError, ImageSet, cached_dataset
+from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.run_config import ConfigError, RunConfig
 from common.run_store import RunStore
@@ -24,11 +23,9 @@ BUFFER_LIMIT = 50_000  # most obfuscated uploads the server keeps for training
 
 def dataset_shape(config: RunConfig) -> tuple[int, int]:
     """(channels, classes) of the run's data without needing the data itself."""
-    if config.dataset in DATASET_INFO:
-        channels, classes = DATASET_INFO[config.dataset]
-        return channels, config.num_classes or classes
-    if config.num_classes:
-        return 3, config.num_classes
+    info = DATASETS[config.dataset]
+    if config.num_classes or info.classes:
+        return info.channels, config.num_classes or info.classes
     try:
         return 3, cached_dataset("folder", "test", config.data_dir or None, config.seed).num_classes
     except (DataError, ValueError) as err:
@@ -103,14 +100,20 @@ class ServerTrainer:
         checkpoint = self.store.load_checkpoint()
         if checkpoint is None:
             return
-        saved = checkpoint.get("config", {})
-        for key in ("exchange", "model", "dataset", "cut-layer"):
-            if saved.get(key) != self.config.to_dict()[key]:
-                raise ConfigError(
-                    f"run-name={self.config.run_name!r} already holds a checkpoint with "
-                    f"{key}={saved.get(key)!r}, not {self.config.to_dict()[key]!r}; "
-                    "use another run-name (nothing was overwritten)"
-                )
+        if checkpoint.get("learning-hash") != self.config.learning_hash():
+            saved = checkpoint.get("config", {})
+            changed = {
+                key: (saved.get(key), value)
+                for key, value in self.config.learning_keys().items()
+                if saved.get(key) != value
+            }
+            detail = ", ".join(f"{k}={old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ConfigError(
+                f"run-name={self.config.run_name!r} already holds a checkpoint of round "
+                f"{checkpoint['round']} trained with other settings ({detail or 'from an older version'}); "
+                "resuming would mix them. Start fresh with another run-name, or delete "
+                f"{self.store.path} (nothing was overwritten)"
+            )
         self.model.load_state_dict(checkpoint["model"])
         if self.optimizer is not None and checkpoint.get("optimizer"):
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -123,12 +126,11 @@ class ServerTrainer:
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
 
-    def train_on_uploads(self, uploads: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    def train_on_uploads(self, uploads: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
         """Add obfuscated uploads to the buffer and train ``server-steps`` on the buffer."""
-        for images, labels in uploads:
-            self.buffer.append((torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())))
+        self.buffer.extend(uploads)
         if not self.samples_saved and uploads:
-            self.store.save_samples(torch.from_numpy(uploads[0][0][:32].copy()))
+            self.store.save_samples(uploads[0][0][:32])
             self.samples_saved = True
         images = torch.cat([b[0] for b in self.buffer])[-BUFFER_LIMIT:]
         labels = torch.cat([b[1] for b in self.buffer])[-BUFFER_LIMIT:]
@@ -192,6 +194,7 @@ class ServerTrainer:
             {
                 "round": server_round,
                 "config": self.config.to_dict(),
+                "learning-hash": self.config.learning_hash(),
                 "model": self.state_dict(),
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
                 "buffer": self.buffer,
@@ -207,7 +210,7 @@ class ServerTrainer:
             "message": message,
             "rounds_completed": len(completed),
             "last": completed[-1] if completed else None,
-            "seconds_this_session": round(time.time() - started, 1),
+            "seconds_since_start": round(time.time() - started, 1),  # of this ServerApp (a resume restarts it)
         }
         self.store.write_json("summary.json", summary)
         self.store.save_model(self.state_dict())

@@ -2,7 +2,7 @@
 
 import argparse
 
-from simulations import bench_rounds
+from simulations.bench import rounds as bench_rounds
 
 
 def test_bench_rounds_splits_the_obfuscation_share_by_round():
@@ -26,7 +26,7 @@ def test_bench_obfuscation_times_images_from_a_folder(tmp_path):
     from PIL import Image
 
     from common.data import load_dataset
-    from simulations import bench_obfuscation
+    from simulations.bench import obfuscation as bench_obfuscation
 
     generator = torch.Generator().manual_seed(0)
     for cls in ("a", "b"):
@@ -48,7 +48,7 @@ def test_profile_obfuscation_counts_the_operators_of_one_call(tmp_path):
 
     import torch
 
-    from simulations import profile_obfuscation
+    from simulations.bench import profile_obfuscation
 
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     trace = tmp_path / "trace.json"
@@ -61,7 +61,7 @@ def test_profile_obfuscation_counts_the_operators_of_one_call(tmp_path):
 def test_bench_retries_counts_and_times_the_calls_that_retried():
     import torch
 
-    from simulations import bench_retries
+    from simulations.bench import retries as bench_retries
 
     row = bench_retries.bench(16, 12, torch.device("cpu"), 0.99, 1)
     assert 0 < row["calls_with_retries"] <= row["retries"] and row["calls"] == 12

@@ -4,7 +4,7 @@ The rest of the suite also runs on CUDA where one is present (run-config ``devic
 ``auto``); these tests name the device explicitly and compare it with the CPU: the
 shuffle's CUDA branches (device-side random keys and sorts), the VFE measured on either
 device, ST-Adam's arithmetic, every exchange mode end to end, and checkpoints written on a
-GPU and read back on a CPU. ``simulations/device_check.sh`` runs them on a lent GPU.
+GPU and read back on a CPU. ``simulations/bench/device_check.sh`` runs them on a lent GPU.
 """
 
 import json

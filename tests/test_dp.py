@@ -11,7 +11,7 @@ from common.dp import PrivacyLedger, PrivateTraining, noise_multiplier_for, pois
 from common.models import build_model
 from common.run_config import ConfigError, parse_run_config
 from server.server_app import main as server_main
-from simulations.inprocess import FakeGrid
+from tests.fake_grid import FakeGrid
 
 FAST = {
     "num-server-rounds": 3,

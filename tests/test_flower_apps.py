@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from common.run_config import ConfigError, parse_run_config
 from server.server_app import main as server_main
-from simulations.inprocess import FakeGrid
+from tests.fake_grid import FakeGrid
 
 FAST = {
     "num-server-rounds": 2,
@@ -157,7 +157,7 @@ def _replace_arrays(key, value):
         arrays = {k: a.numpy() for k, a in reply.content["arrays"].items()}
         arrays[key] = value(arrays)
         content = RecordDict(
-            {"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            {"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
              "metrics": reply.content["metrics"]}
         )
         return Message(content, reply_to=msg)
@@ -261,10 +261,60 @@ def test_restart_with_the_same_run_name_resumes(tmp_path):
     assert {int(m.content["config"]["server-round"]) for m in train_messages} == {2, 3}
 
 
-def test_resume_refuses_a_different_setup_and_overwrites_nothing(tmp_path):
-    run(tmp_path, "mine", **{"num-server-rounds": 1})
-    with pytest.raises(ConfigError, match="exchange='weights'"):
-        run(tmp_path, "mine", exchange="images")
+@pytest.mark.parametrize(
+    "key, value",
+    [("exchange", "images"), ("defense", "none"), ("target-vfe", 0.6), ("seed", 1), ("learning-rate", 0.01)],
+)
+def test_resume_refuses_a_change_of_what_the_model_learns_and_overwrites_nothing(tmp_path, key, value):
+    _, _, _, folder = run(tmp_path, "mine", **{"num-server-rounds": 1})
+    before = {name: (folder / name).read_bytes() for name in ("checkpoint.pt", "config.json", "metrics.jsonl")}
+    old = parse_run_config({**FAST}).to_dict()[key]
+    with pytest.raises(ConfigError, match=f"{key}={old!r} -> {value!r}.*another run-name"):
+        run(tmp_path, "mine", **{key: value, "num-server-rounds": 2})
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def test_resume_allows_operational_changes(tmp_path):
+    run(tmp_path, "ops", **{"num-server-rounds": 1})
+    _, rows, summary, _ = run(tmp_path, "ops", **{"num-server-rounds": 2, "round-timeout": 30.0, "eval-samples": 20})
+    assert [r["round"] for r in rows] == [1, 2] and summary["status"] == "completed"
+
+
+def test_under_dp_sgd_with_noise_from_the_budget_the_planned_rounds_are_fixed(tmp_path):
+    dp = {"defense": "dp-sgd", "num-server-rounds": 1}
+    run(tmp_path, "dp", **dp)
+    with pytest.raises(ConfigError, match="num-server-rounds=1 -> 2"):
+        run(tmp_path, "dp", **{**dp, "num-server-rounds": 2})
+
+
+def test_defaults_come_from_pyproject():
+    """The app's [tool.flwr.app.config] is the one place defaults live; every key is there."""
+    import tomllib
+
+    from common.run_config import PYPROJECT, RunConfig
+
+    with PYPROJECT.open("rb") as f:
+        table = tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+    assert set(table) == {k.replace("_", "-") for k in RunConfig.__dataclass_fields__}
+    assert parse_run_config({}).to_dict() == table
+
+
+def test_run_config_choices_come_from_the_registries():
+    from flwr.serverapp import strategy as flower_strategies
+
+    from common.data import DATASETS
+    from common.models import MODELS
+    from common.run_config import EXCHANGES, STRATEGIES
+    from common.training import OPTIMIZERS
+    from server.exchanges import EXCHANGE_CLASSES
+
+    assert set(EXCHANGE_CLASSES) == set(EXCHANGES)
+    assert all(isinstance(getattr(flower_strategies, name), type) for name in STRATEGIES.values())
+    for key, registry in (("model", MODELS), ("optimizer", OPTIMIZERS), ("dataset", DATASETS), ("strategy", STRATEGIES)):
+        for name in registry:
+            assert parse_run_config({key: name}).to_dict()[key] == name
+        with pytest.raises(ConfigError, match=f"{key}='nope' is not one of: {', '.join(registry)}"):
+            parse_run_config({key: "nope"})
 
 
 @pytest.mark.parametrize(

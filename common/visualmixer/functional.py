@@ -65,7 +65,7 @@ class Obfuscation:
     met_target: torch.Tensor  # (B,) bool, vfe >= target_vfe
     # Shuffles drawn for the batch: 1 when every image met the target on its first draw, up
     # to ATTEMPTS. A later attempt re-plans only the images that fell short, yet runs about
-    # 200 operators whatever their number (+1-2 ms a call on a 2-core CPU: bench_retries).
+    # 200 operators whatever their number (+1-2 ms a call on a 2-core CPU: simulations.bench.retries).
     attempts: int = 1
 
 

@@ -1,8 +1,8 @@
 """Seconds and bytes per round for each exchange mode, with and without VisualMixer.
 
-    python -m simulations.bench_rounds [--dataset folder --data-dir DIR] [--rounds N]
+    python -m simulations.bench.rounds [--dataset folder --data-dir DIR] [--rounds N]
 
-Runs the real ServerApp and ClientApp code in process (``simulations.inprocess``: the four
+Runs the real ServerApp and ClientApp code in process (``tests.fake_grid``: the four
 simulated clients take turns, no Ray), so the client time is measured alone. For each
 exchange the two arms run in turns (none, visualmixer, none, ...) ``--repeats`` times, so
 machine noise hits both alike, and the medians are reported: one JSON line per (exchange,
@@ -21,7 +21,7 @@ defense) and one with VisualMixer's cost per exchange, measured two ways:
 ``--messages`` also prints each run's messages (round, type, seconds in the ClientApp and in
 VisualMixer, VisualMixer's retries), to see where a round's time went: a call with retries
 (images whose first shuffle fell short of the target) runs nearly twice the operators
-(``bench_retries``).
+(``simulations.bench.retries``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections import defaultdict
 from flwr.app import Context, RecordDict
 
 from server.server_app import main as server_main
-from simulations.inprocess import FakeGrid
+from tests.fake_grid import FakeGrid
 
 
 def measure(exchange: str, defense: str, args, overrides: dict | None = None) -> dict:

@@ -1,6 +1,6 @@
 """How often VisualMixer's closed loop retries, and what a retry costs.
 
-    python -m simulations.bench_retries [--data-dir DIR] [--device auto] [--batch 256]
+    python -m simulations.bench.retries [--data-dir DIR] [--device auto] [--batch 256]
                                         [--calls 200] [--repeats 30]
 
 Makes ``--calls`` seeded calls as clients make them (call ``s``: ``--batch`` images drawn
@@ -24,8 +24,8 @@ from common.data import load_dataset
 from common.shapes import generate_shapes
 from common.training import resolve_device
 from common.visualmixer import DEFAULT_TARGET_VFE, functional, obfuscate
-from simulations.bench_obfuscation import interleaved_seconds
-from simulations.profile_obfuscation import operators_of
+from simulations.bench.obfuscation import interleaved_seconds
+from simulations.bench.profile_obfuscation import operators_of
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Throughput of the full VisualMixer transform against the least work any shuffle must do.
 
-    python -m simulations.bench_obfuscation [--repeats N] [--target-vfe X] [--data-dir DIR]
+    python -m simulations.bench.obfuscation [--repeats N] [--target-vfe X] [--data-dir DIR]
 
 Prints one JSON line per configuration (32x32 uint8 batches of 1024 and of 256, a client's
 upload per round, and 224x224 uint8 batch 32; on CPU and on CUDA when present), each

@@ -1,6 +1,6 @@
 """Where one ``obfuscate`` call spends its time: host operators, device kernels, syncs.
 
-    python -m simulations.profile_obfuscation [--batch 256] [--size 32] [--device auto]
+    python -m simulations.bench.profile_obfuscation [--batch 256] [--size 32] [--device auto]
                                               [--data-dir DIR] [--trace FILE] [--cuda-graphs]
 
 Prints one JSON line: the call's wall time (median of ``--repeats``), how many PyTorch
@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from common.data import load_dataset
 from common.training import resolve_device
 from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
-from simulations.bench_obfuscation import images, interleaved_seconds
+from simulations.bench.obfuscation import images, interleaved_seconds
 
 # Host-side runtime calls that wait for the device.
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")

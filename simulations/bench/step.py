@@ -1,6 +1,6 @@
 """Time per local training step for each defense, side by side in one run.
 
-    python -m simulations.bench_step [--batch-size 64] [--steps 30] [--repeats 5] [--device auto]
+    python -m simulations.bench.step [--batch-size 64] [--steps 30] [--repeats 5] [--device auto]
 
 One step = draw a batch, apply the defense, forward, backward, optimizer step, exactly as a
 client does in the ``weights`` exchange (``common.training.train_on_batches``). Arms are

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: the CUDA tests, then the benchmarks with a CUDA device, in one go.
 #
-#   simulations/device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]
+#   simulations/bench/device_check.sh OUT_DIR [CIFAR10_JPG_TAR_GZ]
 #
 # Run it on a machine whose `python3` has PyTorch with CUDA and this project's other
 # requirements (docs/gpu.md says how it was run on a lent H100). It runs, each under its own
@@ -9,12 +9,12 @@
 #   1. the in-process tests (tests/test_cuda.py and every test that follows run-config
 #      device=auto onto the GPU; no Ray, no SuperLink), then tests/test_cuda.py again with
 #      VisualMixer's CUDA graphs switched off (VISUALMIXER_CUDA_GRAPHS=0);
-#   2. bench_obfuscation (CPU and CUDA rows, CUDA graphs interleaved with eager), on CIFAR-10
+#   2. bench.obfuscation (CPU and CUDA rows, CUDA graphs interleaved with eager), on CIFAR-10
 #      test images when the archive is given;
-#   3. bench_step with --device cuda;
-#   4. profile_obfuscation on CUDA, eager and with CUDA graphs (and the CPU, for comparison);
-#   5. bench_retries on CUDA: how often the closed loop retries and what a retry costs there;
-#   6. bench_rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA,
+#   3. bench.step with --device cuda;
+#   4. bench.profile_obfuscation on CUDA, eager and with CUDA graphs (and the CPU, for comparison);
+#   5. bench.retries on CUDA: how often the closed loop retries and what a retry costs there;
+#   6. bench.rounds on CIFAR-10 (the archive is needed), every node and the server on CUDA,
 #      with CUDA graphs off and then on (the default), every message's seconds and retries
 #      included.
 # Logs and JSON lines land in OUT_DIR; the exit status is the tests'.
@@ -46,10 +46,10 @@ if [ -n "$archive" ]; then
     tar -xzf "$archive" -C "$cifar"
     data=(--data-dir "$cifar")
 fi
-timeout 90 python3 -m simulations.bench_obfuscation --repeats 10 "${data[@]}" | tee "$out/bench-obfuscation.jsonl"
-timeout 60 python3 -m simulations.bench_step --device cuda | tee "$out/bench-step.jsonl"
+timeout 90 python3 -m simulations.bench.obfuscation --repeats 10 "${data[@]}" | tee "$out/bench-obfuscation.jsonl"
+timeout 60 python3 -m simulations.bench.step --device cuda | tee "$out/bench-step.jsonl"
 profile() {
-    timeout 60 python3 -m simulations.profile_obfuscation "$@" "${data[@]}" | tee -a "$out/profile.jsonl"
+    timeout 60 python3 -m simulations.bench.profile_obfuscation "$@" "${data[@]}" | tee -a "$out/profile.jsonl"
 }
 profile --device cuda --batch 256 --trace "$out/trace-cuda-256.json"
 profile --device cuda --batch 1024
@@ -58,11 +58,11 @@ profile --device cuda --batch 256 --cuda-graphs --trace "$out/trace-cuda-graphs-
 profile --device cuda --batch 1024 --cuda-graphs
 profile --device cuda --batch 32 --size 224 --cuda-graphs
 profile --device cpu --batch 256
-timeout 60 python3 -m simulations.bench_retries --device cuda "${data[@]}" | tee "$out/bench-retries.jsonl"
+timeout 60 python3 -m simulations.bench.retries --device cuda "${data[@]}" | tee "$out/bench-retries.jsonl"
 if [ -n "$archive" ]; then
-    VISUALMIXER_CUDA_GRAPHS=0 timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" \
+    VISUALMIXER_CUDA_GRAPHS=0 timeout 200 python3 -m simulations.bench.rounds --dataset folder "${data[@]}" \
         --rounds 3 --repeats 3 --messages | tee "$out/bench-rounds-eager.jsonl"
-    timeout 200 python3 -m simulations.bench_rounds --dataset folder "${data[@]}" --rounds 3 --repeats 3 \
+    timeout 200 python3 -m simulations.bench.rounds --dataset folder "${data[@]}" --rounds 3 --repeats 3 \
         --messages | tee "$out/bench-rounds.jsonl"
 fi
 echo "tests exit status: $status"

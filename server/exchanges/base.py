@@ -1,0 +1,122 @@
+"""What every exchange shares: the round's shape (configure, collect and validate, update)
+and the rows it reports."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from flwr.app import ArrayRecord, Message, MessageType
+
+from common.payloads import check_num_examples
+from common.run_config import RunConfig
+from server.messaging import Messenger, RoundFailed, log, reply_metrics
+from server.trainer import ServerTrainer
+
+Kept = list[tuple[Message, Any]]  # (reply, what validate() returned) per accepted reply
+
+
+class Exchange(ABC):
+    """One way clients take part. A round is :meth:`configure` (the messages to send),
+    :meth:`validate` on every reply (raise ``PayloadError`` to reject it), then
+    :meth:`update` on the accepted ones, which returns the round's metrics."""
+
+    name: ClassVar[str]  # the run-config value of ``exchange``
+
+    def __init__(self, config: RunConfig, trainer: ServerTrainer) -> None:
+        self.config = config
+        self.trainer = trainer
+
+    @abstractmethod
+    def configure(self, server_round: int, messenger: Messenger) -> list[Message]: ...
+
+    @abstractmethod
+    def validate(self, reply: Message) -> Any: ...
+
+    @abstractmethod
+    def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]: ...
+
+    def train_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
+        replies = messenger.send_and_collect(self.configure(server_round, messenger))
+        return self.update(server_round, messenger.accept(replies, self.validate, self.name), messenger)
+
+    def evaluation_arrays(self) -> ArrayRecord:
+        """What a node needs to evaluate the model: the whole model (split learning overrides)."""
+        return ArrayRecord(self.trainer.state_dict())
+
+    def evaluate_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
+        """Federated evaluation (``federated-*``) and, where the server holds the whole
+        model and a test split, central evaluation (``central-*``)."""
+        try:
+            messages = messenger.to_every_node(MessageType.EVALUATE, server_round, self.evaluation_arrays())
+        except RoundFailed as err:
+            log.warning("Federated evaluation skipped: %s", err)
+            messages = []
+        replies = messenger.send_and_collect(messages) if messages else []
+        kept = messenger.accept(replies, _evaluation, "evaluation", required=False)
+        row: dict[str, Any] = {}
+        if kept:
+            results = [result for _, result in kept]
+            row = {
+                "federated-accuracy": weighted_mean([(a, n) for a, _, n in results]),
+                "federated-loss": weighted_mean([(l, n) for _, l, n in results]),
+                "federated-nodes": len(results),
+            }
+        return {**row, **self.trainer.evaluate_central()}
+
+
+def _evaluation(reply: Message) -> tuple[float, float, int]:
+    metrics = reply_metrics(reply)
+    n = check_num_examples(metrics)
+    return float(metrics["eval-accuracy"]), float(metrics["eval-loss"]), n
+
+
+def weighted_mean(values: list[tuple[float, int]]) -> float | None:
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total else None
+
+
+def client_train_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round's row from the accepted replies' metrics: how many, the mean train loss
+    and VFE sent (weighted by ``num-examples``), and VisualMixer's cost summed."""
+    counts = [(m, int(m["num-examples"])) for m in metrics]
+    row: dict[str, Any] = {"replies": len(metrics)}
+    for key, name in (("train-loss", "train-loss"), ("vfe", "vfe-sent")):
+        value = weighted_mean([(float(m[key]), n) for m, n in counts if key in m])
+        if value is not None:
+            row[name] = value
+    # What privacy cost the clients this round: seconds inside VisualMixer and its retries
+    # (extra attempts for images that fell short of the target), summed.
+    for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", None)):  # None: an int
+        values = [m.get(key) for m in metrics]
+        values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+        if values:
+            row[key] = round(sum(values), digits)
+    return row
+
+
+def privacy_metrics(replies: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Each node's total epsilon so far, from (node id, metrics) pairs (DP-SGD arms only)."""
+    per_node = {str(node): float(m["epsilon"]) for node, m in replies if "epsilon" in m}
+    if not per_node:
+        return {}
+    row: dict[str, Any] = {"epsilon-max": max(per_node.values()), "epsilon-per-node": per_node}
+    sigmas = [float(m["noise-multiplier"]) for _, m in replies if "noise-multiplier" in m]
+    if sigmas:
+        row["noise-multiplier-min"] = min(sigmas)
+    spent = [node for node, m in replies if m.get("dp-budget-spent")]
+    if spent:
+        row["dp-budget-spent-nodes"] = len(spent)
+    return row
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    """The figures of a round's row that the log shows."""
+    keys = ("train-loss", "federated-accuracy", "central-accuracy", "vfe-sent", "epsilon-max", "bytes-up", "seconds")
+    parts = []
+    for key in keys:
+        if key in row:
+            value = row[key]
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)

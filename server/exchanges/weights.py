@@ -1,0 +1,70 @@
+"""``weights``: clients train locally on obfuscated images; a Message-API strategy (FedAvg by
+default) configures the round and aggregates the replies that passed validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy import Strategy
+
+from common.payloads import PayloadError, check_num_examples, check_weights
+from common.run_config import STRATEGIES, RunConfig
+from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
+from server.messaging import Messenger, RoundFailed, reply_arrays, reply_metrics
+from server.trainer import ServerTrainer
+
+
+def make_strategy(config: RunConfig) -> Strategy:
+    """The strategy named by run-config ``strategy`` (see ``common.run_config.STRATEGIES``).
+
+    Evaluation is not the strategy's: every exchange runs federated evaluation itself, so
+    ``configure_evaluate`` is never called and ``fraction_evaluate`` keeps its default.
+    """
+    strategy_class = getattr(flower_strategies, STRATEGIES[config.strategy])
+    return strategy_class(
+        fraction_train=1.0,
+        min_train_nodes=config.min_replies,
+        min_available_nodes=config.min_replies,
+    )
+
+
+class WeightsExchange(Exchange):
+    name = "weights"
+
+    def __init__(self, config: RunConfig, trainer: ServerTrainer) -> None:
+        super().__init__(config, trainer)
+        self.strategy = make_strategy(config)
+        self.reference = trainer.state_dict()
+
+    def configure(self, server_round: int, messenger: Messenger) -> list[Message]:
+        self.reference = self.trainer.state_dict()
+        arrays = self.evaluation_arrays()
+        train_config = ConfigRecord({"lr": self.config.learning_rate})
+        return list(self.strategy.configure_train(server_round, arrays, train_config, messenger.grid))
+
+    def validate(self, reply: Message) -> dict[str, Any]:
+        records = reply.content.array_records
+        if set(records) != {"arrays"}:
+            raise PayloadError(f"expected one ArrayRecord 'arrays', got {sorted(records)}")
+        check_weights(reply_arrays(reply), self.reference)
+        metrics = reply_metrics(reply)
+        check_num_examples(metrics)
+        if metrics.get("dp-budget-spent"):
+            raise PayloadError(
+                f"privacy budget spent (epsilon {float(metrics['epsilon']):.3f}, next round would "
+                f"exceed target-epsilon={self.config.target_epsilon}); not aggregated"
+            )
+        return metrics
+
+    def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
+        arrays, _ = self.strategy.aggregate_train(server_round, [reply for reply, _ in kept])
+        if arrays is None:
+            raise RoundFailed("the strategy returned no aggregate")
+        self.trainer.set_weights(arrays.to_torch_state_dict())
+        metrics = [m for _, m in kept]
+        return {
+            **client_train_metrics(metrics),
+            **privacy_metrics([(r.metadata.src_node_id, m) for r, m in kept]),
+        }

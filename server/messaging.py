@@ -1,0 +1,115 @@
+"""Message plumbing shared by every exchange: build, send and collect, count the bytes, and
+keep only the replies that pass validation.
+
+A reply that fails validation is logged with its node id and dropped; the round goes on
+with the rest when at least ``min-replies`` passed, otherwise :class:`RoundFailed` ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.payloads import PayloadError
+from common.run_config import RunConfig
+
+log = logging.getLogger("flwr")
+Checked = TypeVar("Checked")
+
+
+class RoundFailed(RuntimeError):
+    """Too few valid replies (or nodes) for the round to count."""
+
+
+def payload_bytes(msg: Message) -> int:
+    """Bytes of the array records a message carries (what the round's traffic counts)."""
+    if not msg.has_content():
+        return 0
+    return sum(record.count_bytes() for record in msg.content.array_records.values())
+
+
+def reply_metrics(reply: Message) -> dict[str, Any]:
+    """The one MetricRecord of a reply, as a dict."""
+    records = list(reply.content.metric_records.values())
+    if len(records) != 1:
+        raise PayloadError(f"expected one MetricRecord, got {len(records)}")
+    return dict(records[0])
+
+
+def reply_arrays(reply: Message) -> dict[str, torch.Tensor]:
+    """The reply's ArrayRecord ``arrays`` as torch tensors."""
+    if "arrays" not in reply.content.array_records:
+        raise PayloadError(f"expected an ArrayRecord 'arrays', got {sorted(reply.content.array_records)}")
+    return reply.content["arrays"].to_torch_state_dict()
+
+
+class Messenger:
+    """One round's link to the nodes: sends, waits at most ``round-timeout`` and counts the
+    bytes of array payloads in each direction (``up``: received, ``down``: sent)."""
+
+    def __init__(self, grid: Grid, config: RunConfig) -> None:
+        self.grid = grid
+        self.config = config
+        self.up = 0
+        self.down = 0
+
+    def node_ids(self) -> list[int]:
+        """The connected nodes, waiting up to ``round-timeout`` for ``min-replies`` of them."""
+        deadline = time.time() + self.config.round_timeout
+        while len(nodes := list(self.grid.get_node_ids())) < self.config.min_replies:
+            if time.time() > deadline:
+                raise RoundFailed(
+                    f"{len(nodes)} nodes connected, fewer than min-replies={self.config.min_replies}"
+                )
+            time.sleep(1)
+        return nodes
+
+    def to_every_node(
+        self, message_type: str, server_round: int, arrays: ArrayRecord | None = None
+    ) -> list[Message]:
+        """The same message (config ``server-round``, optional ``arrays``) for every node."""
+        content = {"config": ConfigRecord({"server-round": server_round})}
+        if arrays is not None:
+            content["arrays"] = arrays
+        return [
+            Message(RecordDict(dict(content)), dst_node_id=node, message_type=message_type)
+            for node in self.node_ids()
+        ]
+
+    def send_and_collect(self, messages: list[Message]) -> list[Message]:
+        """Send, wait, and return the replies that carry content; log silent and failed nodes."""
+        self.down += sum(payload_bytes(m) for m in messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.config.round_timeout))
+        answered = {r.metadata.src_node_id for r in replies}
+        for m in messages:
+            if m.metadata.dst_node_id not in answered:
+                log.warning("Node %d did not reply within %.0f s", m.metadata.dst_node_id, self.config.round_timeout)
+        good = []
+        for reply in replies:
+            self.up += payload_bytes(reply)
+            if reply.has_error():
+                log.warning("Node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
+            else:
+                good.append(reply)
+        return good
+
+    def accept(
+        self, replies: list[Message], check: Callable[[Message], Checked], what: str, required: bool = True
+    ) -> list[tuple[Message, Checked]]:
+        """(reply, ``check(reply)``) for every reply that passes; the others are logged and
+        dropped. With ``required``, fewer than ``min-replies`` valid ones fail the round."""
+        kept = []
+        for reply in replies:
+            try:
+                kept.append((reply, check(reply)))
+            except (PayloadError, KeyError, TypeError, ValueError) as err:
+                log.warning("Rejected %s from node %d: %s", what, reply.metadata.src_node_id, err)
+        if required and len(kept) < self.config.min_replies:
+            raise RoundFailed(f"{len(kept)} valid {what} replies, fewer than min-replies={self.config.min_replies}")
+        return kept
