@@ -44,7 +44,7 @@ bench: $(STAMP)
 bench-step: $(STAMP)
 	$(PY) -m simulations.bench.step
 
-# VisualMixer vs DP-SGD on the embedded data; README shows the CIFAR-10 run (741 s on 2 cores).
+# VisualMixer vs DP-SGD on the embedded data (docs/results/README.md has the CIFAR-10 run).
 compare: $(STAMP)
 	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m simulations.compare --preset quick --out $(CURDIR)/outputs/compare
 

@@ -12,22 +12,30 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from .defaults import DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE
 
-from .visualmixer import DEFAULT_TARGET_VFE, VisualMixer, visual_feature_entropy
+# torch, PIL and the transform are imported by the commands that use them, so that
+# `visualmixer --help` answers at once.
+if TYPE_CHECKING:
+    import torch
 
 
 def _read(path: str) -> torch.Tensor:
     """uint8 (3, H, W) RGB tensor of an image file."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     with Image.open(path) as image:
         rgb = image.convert("RGB")
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
 def _load_all(paths: list[str]) -> tuple[list[tuple[str, torch.Tensor]], int]:
+    from PIL import UnidentifiedImageError
+
     loaded, failures = [], 0
     for path in paths:
         try:
@@ -45,11 +53,15 @@ def _crop_to_regions(image: torch.Tensor, region_size: int) -> torch.Tensor:
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
 def _comparison(originals: list[torch.Tensor], mixed: list[torch.Tensor]) -> torch.Tensor:
     """Originals in the top row, obfuscated below, padded to a common cell size."""
+    import torch
+
     h = max(i.shape[1] for i in originals)
     w = max(i.shape[2] for i in originals)
     pad = 4
@@ -62,6 +74,8 @@ def _comparison(originals: list[torch.Tensor], mixed: list[torch.Tensor]) -> tor
 
 
 def cmd_obfuscate(args: argparse.Namespace) -> int:
+    from .visualmixer import VisualMixer
+
     mixer = VisualMixer(args.target_vfe, region_size=args.region_size, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,8 @@ def cmd_obfuscate(args: argparse.Namespace) -> int:
 
 
 def cmd_vfe(args: argparse.Namespace) -> int:
+    from .visualmixer import visual_feature_entropy
+
     loaded, failures = _load_all(args.images)
     for path, image in loaded:
         try:
@@ -100,18 +116,26 @@ def cmd_vfe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visualmixer", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    obf = sub.add_parser("obfuscate", help="write obfuscated PNGs and comparison.png")
-    obf.add_argument("images", nargs="+", metavar="IMAGE")
-    obf.add_argument("--out", required=True, help="output folder")
-    obf.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
-    obf.add_argument("--region-size", type=int, default=8)
-    obf.add_argument("--seed", type=int, default=None)
+    parser = argparse.ArgumentParser(
+        prog="visualmixer", description="Obfuscate image files with VisualMixer, or print their VFE.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    region = {"type": int, "default": DEFAULT_REGION_SIZE, "help": "side of the square regions, in pixels"}
+    obf = sub.add_parser(
+        "obfuscate", help="write obfuscated PNGs and comparison.png",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    obf.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    obf.add_argument("--out", required=True, help="output folder (created if missing)")
+    obf.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE,
+                     help="Visual Feature Entropy every image must reach, in [0, 1.2]")
+    obf.add_argument("--region-size", **region)
+    obf.add_argument("--seed", type=int, default=None, help="makes the output reproducible (none: fresh randomness)")
     obf.set_defaults(run=cmd_obfuscate)
-    vfe = sub.add_parser("vfe", help="print the VFE of each image")
-    vfe.add_argument("images", nargs="+", metavar="IMAGE")
-    vfe.add_argument("--region-size", type=int, default=8)
+    vfe = sub.add_parser("vfe", help="print the VFE of each image", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    vfe.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    vfe.add_argument("--region-size", **region)
     vfe.set_defaults(run=cmd_vfe)
     return parser
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
+from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
 from .training import OPTIMIZERS
-from .visualmixer._checks import MAX_TARGET_VFE
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXCHANGES = ("images", "activations", "weights")

@@ -1,14 +1,15 @@
 """Run the app with ``flwr run`` and exit non-zero unless the run really completed.
 
-    python -m simulations.flwr_run [--federation NAME] [--num-supernodes N] [--run-config "k=v ..."]
+    python -m simulations.flwr_run [--superlink NAME] [--num-supernodes N] [--run-config "k=v ..."]
 
 ``flwr run --stream`` exits 0 even when the run fails, so this submits the run, follows
 its log (per-round progress), then asks ``flwr list --format json`` for the final status
-and returns 0 only for ``finished:completed``. Without ``--federation`` it uses the managed
-local SuperLink (simulation) with ``--num-supernodes`` simulated clients. A run still going
-after ``--timeout`` seconds, or still pending after ``--start-timeout``, is stopped with
-``flwr stop``; a managed local SuperLink that left a run pending is stopped too, so the
-next ``flwr run`` starts a fresh one.
+and returns 0 only for ``finished:completed``. Without ``--superlink`` it uses Flower's
+managed local SuperLink (simulation) with ``--num-supernodes`` simulated clients, and stops
+that SuperLink at the end when this command started it (one that was already running is
+left alone). A run still going after ``--timeout`` seconds, or still pending after
+``--start-timeout``, is stopped with ``flwr stop``; a managed local SuperLink that left a
+run pending is stopped too, so the next ``flwr run`` starts a fresh one.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def flwr(*args: str, timeout: float | None = 300) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--federation", default=None, help="SuperLink connection in config.toml")
-    parser.add_argument("--num-supernodes", type=int, default=4)
-    parser.add_argument("--run-config", default="")
+    parser.add_argument(
+        "--superlink", default=None, metavar="NAME",
+        help="a SuperLink connection of $FLWR_HOME/config.toml (default: the managed local one, simulation)",
+    )
+    parser.add_argument("--num-supernodes", type=int, default=4, help="simulated clients (local SuperLink only)")
+    parser.add_argument("--run-config", default="", help='overrides of [tool.flwr.app.config], as "key=value ..."')
     parser.add_argument("--ray-cpus", type=int, default=0,
                         help="CPUs Ray may use in simulation, i.e. ClientApp actors (default: all)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before the run is stopped")
@@ -57,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     command = ["run", "."]
-    if args.federation:
-        command.append(args.federation)
+    local_running = bool(local_superlinks())
+    if args.superlink:
+        command.append(args.superlink)
     else:
         sizing = f"num-supernodes={args.num_supernodes} client-resources-num-cpus=1"
         if args.ray_cpus:
@@ -71,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"flwr run did not start a run: {submitted.get('error-message', submitted)}")
     run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
-    target = [args.federation] if args.federation else []
+    target = [args.superlink] if args.superlink else []
     status = follow(run_id, target, args.timeout, args.start_timeout)
-    if not status.startswith("finished") and not args.federation:
-        # The managed local SuperLink sometimes stops launching runs (its SuperExec died,
-        # or "database is locked"); the documented workaround is to restart it. The next
-        # `flwr run` starts a fresh one.
+    if not args.superlink and (not local_running or not status.startswith("finished")):
+        # Stop what this command started. A managed local SuperLink that left a run pending
+        # is stopped too: it sometimes stops launching runs (its SuperExec died, or
+        # "database is locked"), and the next `flwr run` starts a fresh one.
         stop_local_superlink()
     print(f"run {run_id}: {status}")
     return 0 if status == "finished:completed" else 1
@@ -130,18 +135,24 @@ def _processes() -> dict[int, list[bytes]]:
     return found
 
 
-def stop_local_superlink() -> None:
-    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
-    launched (found by cmdline): a stopped run's process can otherwise linger, stuck, and
-    slow every run after it."""
+def local_superlinks(processes: dict[int, list[bytes]] | None = None) -> dict[int, list[bytes]]:
+    """The managed local SuperLink(s) of this FLWR_HOME, by pid (found by cmdline)."""
     home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
     marker = str(home / "local-superlink").encode()
+    processes = _processes() if processes is None else processes
+    return {
+        pid: cmdline for pid, cmdline in processes.items()
+        if any(b"flower-superlink" in part for part in cmdline) and any(marker in p for p in cmdline)
+    }
+
+
+def stop_local_superlink() -> None:
+    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
+    launched: a stopped run's process can otherwise linger, stuck, and slow every run after it."""
     processes = _processes()
-    for pid, cmdline in processes.items():
-        if not any(b"flower-superlink" in part for part in cmdline) or not any(marker in p for p in cmdline):
-            continue
+    for pid, cmdline in local_superlinks(processes).items():
         port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
-        print(f"stopping the local SuperLink (pid {pid}) so the next run starts a fresh one", file=sys.stderr)
+        print(f"stopping the local SuperLink (pid {pid})", file=sys.stderr)
         os.kill(pid, signal.SIGTERM)
         runtime = b"127.0.0.1:" + port if port else None
         for child, args in processes.items():

@@ -38,3 +38,23 @@ def test_bad_target_is_a_clear_error(tmp_path, capsys):
     write_image(tmp_path / "a.png")
     assert main(["obfuscate", str(tmp_path / "a.png"), "--out", str(tmp_path), "--target-vfe", "3"]) == 2
     assert "target_vfe" in capsys.readouterr().err
+
+
+def test_help_answers_without_importing_torch():
+    """`visualmixer --help` builds the parser alone: no torch import (seconds on an edge CPU)."""
+    import subprocess
+    import sys
+
+    code = "import sys, common.cli as c; c.build_parser().format_help(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_every_option_has_help_text():
+    from common.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for command in commands.values():
+        for action in command._actions:
+            assert action.help, f"{command.prog} {action.dest} has no help"

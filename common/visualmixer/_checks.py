@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from ..defaults import MAX_TARGET_VFE
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SUPPORTED_CHANNELS = (1, 3)
-MAX_TARGET_VFE = 1.2
 
 
 def as_batch(images: torch.Tensor, name: str = "images") -> tuple[torch.Tensor, bool]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import NamedTuple
 
 import torch
 
@@ -69,6 +70,35 @@ class Obfuscation:
     attempts: int = 1
 
 
+class Plan(NamedTuple):
+    """The first attempt's plan for a batch of B images with N regions of side r."""
+
+    regions: torch.Tensor  # (B, C, N, r, r) the originals, region by region
+    variance: torch.Tensor  # (B, C, N) unbiased variance of each region
+    gap_energy: torch.Tensor  # (B, C, N, r-1) squared differences of the pairs across each gap
+    valid: torch.Tensor  # (B, C, N) bool, the region is not flat
+    weights: torch.Tensor  # (B, N) importance of each region
+    margin: torch.Tensor  # (B,) how far above the target each image's plan aims
+    goal: torch.Tensor  # (B,) target + margin
+    rungs: torch.Tensor  # (B, N) rung of the ladder chosen for each region
+
+
+class FirstAttempt(NamedTuple):
+    """:class:`Plan`'s fields, then the shuffled regions and their measured VFE (flat, since
+    a CUDA graph records a flat tuple of tensors)."""
+
+    regions: torch.Tensor
+    variance: torch.Tensor
+    gap_energy: torch.Tensor
+    valid: torch.Tensor
+    weights: torch.Tensor
+    margin: torch.Tensor
+    goal: torch.Tensor
+    rungs: torch.Tensor
+    shuffled: torch.Tensor  # (B, C, N, r, r), in the "shuffled" scratch buffer
+    vfe: torch.Tensor  # (B,) measured on the shuffled images
+
+
 @torch.no_grad()
 def obfuscate(
     images: torch.Tensor,
@@ -109,11 +139,12 @@ def obfuscate(
         else:
             generator = make_generator(seed, batch.device)
             outputs = first(batch, generator=generator)
-        regions, variance, gap_energy, valid, weights, margin, goal, rungs, best, best_vfe = outputs
-        stats = RegionStats(variance, gap_energy, valid, region_size)
+        attempt_1 = FirstAttempt(*outputs)
+        regions, weights, margin, goal = attempt_1.regions, attempt_1.weights, attempt_1.margin, attempt_1.goal
+        stats = RegionStats(attempt_1.variance, attempt_1.gap_energy, attempt_1.valid, region_size)
+        best, best_vfe, best_rungs = attempt_1.shuffled, attempt_1.vfe, attempt_1.rungs
         if graphed:  # returned to the caller, so it must not be a graph's output
             best_vfe = best_vfe.clone()
-        best_rungs = rungs
         todo = (best_vfe < target).nonzero().flatten()
         finest = len(ladder) - 1
         attempts = 1
@@ -161,17 +192,15 @@ def _first_attempt(
     importance: str | torch.nn.Module,
     fixed_shapes: bool,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, ...]:
-    """Plan, shuffle and measure every image once: the regions, their stats, importance,
-    margin, goal and rungs, then the shuffled regions (in the "shuffled" scratch buffer)
-    and their VFE. With ``fixed_shapes`` it never waits for the device and no shape depends
-    on the data, so on CUDA it can be recorded as one graph (``_graphs.py``)."""
-    planned = _plan(batch, target, region_size, ladder, importance)
-    regions, variance, _, valid, _, _, _, rungs = planned
+) -> FirstAttempt:
+    """Plan, shuffle and measure every image once. With ``fixed_shapes`` it never waits for
+    the device and no shape depends on the data, so on CUDA it can be recorded as one graph
+    (``_graphs.py``)."""
+    plan = _plan(batch, target, region_size, ladder, importance)
     shuffled, source = shuffle_regions(
-        regions, rungs, ladder, grid, chromatic, scope, generator, "shuffled", fixed_shapes
+        plan.regions, plan.rungs, ladder, grid, chromatic, scope, generator, "shuffled", fixed_shapes
     )
-    return (*planned, shuffled, _measure(shuffled, source, variance, valid))
+    return FirstAttempt(*plan, shuffled, _measure(shuffled, source, plan.variance, plan.valid))
 
 
 def _plan(
@@ -180,8 +209,8 @@ def _plan(
     region_size: int,
     ladder: tuple[int, ...],
     importance: str | torch.nn.Module,
-) -> tuple[torch.Tensor, ...]:
-    """The first attempt's plan: regions, their stats, importance, margin, goal and rungs."""
+) -> Plan:
+    """The first attempt's plan (see :class:`Plan`)."""
     regions = to_regions(batch, region_size)
     stats = stats_of_regions(regions)
     if isinstance(importance, torch.nn.Module):
@@ -191,7 +220,7 @@ def _plan(
     margin = plan_margin(stats.valid.sum((1, 2)))
     goal = target + margin
     rungs = plan_rungs(stats, weights, goal, ladder)
-    return regions, stats.variance, stats.gap_energy, stats.valid, weights, margin, goal, rungs
+    return Plan(regions, stats.variance, stats.gap_energy, stats.valid, weights, margin, goal, rungs)
 
 
 def _measure(

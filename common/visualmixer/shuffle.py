@@ -237,10 +237,34 @@ def shuffle_regions(
     every value through a per-row index, instead of one gather per rung's segment.
     """
     b, c, n, r, _ = regions.shape
-    device = regions.device
-    rr = r * r
     total = b * c * n
+    source, source_row = _source_rows(b, c, grid, chromatic, region_scope, generator, regions.device)
+    order = _rows_by_rung(rungs, c, generator)  # (B*C*N,) output rows, grouped by rung
+    if out_name is None:
+        out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=regions.device)
+    else:
+        out = scratch(out_name, (b, c, n, r, r), regions.dtype, regions.device)
+    rows, out_rows = regions.reshape(total, r * r), out.view(total, r * r)
+    if fixed_shapes:
+        _deal_in_row_order(rows, rungs, c, block_sizes, source_row, order, generator, out_rows)
+    else:
+        _deal_by_rung(rows, rungs, c, block_sizes, source_row, order, generator, out_rows)
+    return out, source
 
+
+def _source_rows(
+    b: int,
+    c: int,
+    grid: tuple[int, int],
+    chromatic: bool,
+    region_scope: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each output (image, channel, region) row comes from: the moved region ``rho``
+    and, when chromatic, the permuted channel ``sigma``. Returns (B, C*N) rows within each
+    image and the (B*C*N,) rows of the whole batch."""
+    n = grid[0] * grid[1]
     source_region = region_permutation(b, grid, region_scope, generator, device)  # (B, N)
     if chromatic and c > 1:
         source_channel = channel_permutation(b, n, c, generator, device).transpose(1, 2)
@@ -248,25 +272,31 @@ def shuffle_regions(
         source_channel = torch.arange(c, device=device).view(1, c, 1).expand(b, c, n)
     source = (source_channel * n + source_region.unsqueeze(1)).reshape(b, c * n)
     offset = torch.arange(b, device=device).unsqueeze(1) * (c * n)
-    source_row = (source + offset).view(-1)  # (B*C*N,) input row of every output row
+    return source, (source + offset).view(-1)
 
-    order = _rows_by_rung(rungs, c, generator)  # (B*C*N,) output rows, grouped by rung
-    if out_name is None:
-        out = torch.empty((b, c, n, r, r), dtype=regions.dtype, device=device)
-    else:
-        out = scratch(out_name, (b, c, n, r, r), regions.dtype, device)
-    rows = regions.reshape(total, rr)
-    if fixed_shapes:
-        _deal_in_row_order(rows, rungs, c, block_sizes, source_row, order, generator, out.view(total, rr))
-        return out, source
 
-    counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * c).tolist()
-    grouped = scratch("grouped", (total, rr), regions.dtype, device)
+def _deal_by_rung(
+    rows: torch.Tensor,
+    rungs: torch.Tensor,
+    channels: int,
+    block_sizes: tuple[int, ...],
+    source_row: torch.Tensor,
+    order: torch.Tensor,
+    generator: torch.Generator | None,
+    out: torch.Tensor,
+) -> None:
+    """The grouped shuffle into ``out`` (B*C*N, r*r): the source rows gathered in ``order``
+    (grouped by rung), one gather per rung with its pool, then back to row order."""
+    total, rr = rows.shape
+    r = math.isqrt(rr)
+    device = rows.device
+    counts = (torch.bincount(rungs.view(-1), minlength=len(block_sizes)) * channels).tolist()
+    grouped = scratch("grouped", (total, rr), rows.dtype, device)
     words_in, _ = as_words(rows, rr)
     words_grouped, _ = as_words(grouped, rr)
     torch.index_select(words_in, 0, source_row[order], out=words_grouped)
 
-    mixed = scratch("mixed", (total, rr), regions.dtype, device)
+    mixed = scratch("mixed", (total, rr), rows.dtype, device)
     start = 0
     for k, count in enumerate(counts):
         if count == 0:
@@ -275,32 +305,41 @@ def shuffle_regions(
         start += count
         if k == 0:  # rung 0 (block = region) leaves the region as is
             into.copy_(segment)
-            continue
-        # Move each block row (``block`` contiguous values) as one machine word when one
-        # fits: a 2x2 block is two int16 words of uint8, so the gather moves half as much.
-        segment, words = as_words(segment, block_sizes[k])
-        into, _ = as_words(into, block_sizes[k])
-        size = pool_size_for(count)
-        pool = block_permutations(block_sizes[k], r, size, generator, device, words)
-        width = pool.shape[1]
-        full, rest = divmod(count, size)
-        if full:
-            torch.gather(
-                segment[: full * size].view(full, size, width),
-                2,
-                pool.expand(full, size, width),
-                out=into[: full * size].view(full, size, width),
-            )
-        if rest:
-            torch.gather(segment[full * size :], 1, pool[:rest], out=into[full * size :])
+        else:
+            _gather_rung(segment, into, block_sizes[k], r, generator)
 
     # Back to row order: gathering through the inverse permutation is about twice as fast
     # on CPU as scattering (``index_copy_``) through ``order`` itself.
     inverse = torch.empty_like(order).scatter_(0, order, torch.arange(total, device=device))
-    words_out, _ = as_words(out.view(total, rr), rr)
+    words_out, _ = as_words(out, rr)
     words_mixed, _ = as_words(mixed, rr)
     torch.index_select(words_mixed, 0, inverse, out=words_out)
-    return out, source
+
+
+def _gather_rung(
+    segment: torch.Tensor, into: torch.Tensor, block: int, r: int, generator: torch.Generator | None
+) -> None:
+    """Shuffle one rung's rows (``count``, r*r) into ``into`` with a fresh pool: row ``t``
+    takes entry ``t mod size``, so the rows form a regular (rounds, size, width) block and
+    one gather with the pool broadcast moves them all."""
+    count = len(segment)
+    # Move each block row (``block`` contiguous values) as one machine word when one fits:
+    # a 2x2 block is two int16 words of uint8, so the gather moves half as much.
+    segment, words = as_words(segment, block)
+    into, _ = as_words(into, block)
+    size = pool_size_for(count)
+    pool = block_permutations(block, r, size, generator, segment.device, words)
+    width = pool.shape[1]
+    full, rest = divmod(count, size)
+    if full:
+        torch.gather(
+            segment[: full * size].view(full, size, width),
+            2,
+            pool.expand(full, size, width),
+            out=into[: full * size].view(full, size, width),
+        )
+    if rest:
+        torch.gather(segment[full * size :], 1, pool[:rest], out=into[full * size :])
 
 
 def _deal_in_row_order(

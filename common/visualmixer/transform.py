@@ -15,9 +15,8 @@ from ._checks import (
     check_region_side,
     check_target_vfe,
 )
+from ..defaults import DEFAULT_TARGET_VFE
 from .functional import Obfuscation, obfuscate
-
-DEFAULT_TARGET_VFE = 0.8
 
 
 class VisualMixer(v2.Transform):

@@ -4,7 +4,7 @@ set -uo pipefail
 out=$1
 export PYTHONUNBUFFERED=1 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_HOME="$(mktemp -d)"
-export CIFAR10_JPG=.devicedata/cifar10-jpg.tar.gz
+export CIFAR10_JPG=${CIFAR10_JPG:?path to the CIFAR-10 ImageFolder archive (cifar10-jpg.tar.gz)}
 T0=$(date +%s); stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$out/gpu.txt"
