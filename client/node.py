@@ -15,6 +15,7 @@ from common.dp import PrivacyLedger, PrivateTraining, noise_multiplier_for, pois
 from common.models import build_model, split_model
 from common.run_config import RunConfig, parse_run_config
 from common.training import (
+    EVALUATION_ROUND,
     RecordingMixer,
     evaluate,
     make_optimizer,
@@ -25,7 +26,6 @@ from common.training import (
     train_on_batches,
     train_steps,
 )
-from common.visualmixer import VisualMixer
 
 
 # (images, labels, what obfuscating them cost: obfuscation_cost's metrics) of a node's
@@ -74,9 +74,7 @@ class Node:
     def mixer(self, seed: int | None = None) -> RecordingMixer | None:
         if not self.config.uses_visualmixer:
             return None
-        return RecordingMixer(
-            VisualMixer(self.config.target_vfe, region_size=self.config.region_size, seed=seed)
-        )
+        return RecordingMixer(self.config.visualmixer(seed))
 
     def model(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Sequential:
         model = build_model(self.config.model, self.train_set.images.shape[1], self.train_set.num_classes)
@@ -126,7 +124,8 @@ class Node:
         }
 
     @staticmethod
-    def _vfe(mixer: RecordingMixer | None) -> dict[str, float]:
+    def _obfuscation_metrics(mixer: RecordingMixer | None) -> dict[str, float]:
+        """What a reply says of its obfuscation: mean VFE sent, seconds and retries."""
         if mixer is None:
             return {}
         return {"vfe": mixer.mean_vfe, **obfuscation_cost([mixer])}
@@ -161,7 +160,7 @@ class Node:
             losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, mixer, self.device)
             new_state = {k: v.cpu() for k, v in model.state_dict().items()}
         metrics = {"num-examples": len(labels), "train-loss": sum(losses) / max(1, len(losses))}
-        return new_state, {**metrics, **self._vfe(mixer), **extra}
+        return new_state, {**metrics, **self._obfuscation_metrics(mixer), **extra}
 
     # -- exchange = images ---------------------------------------------------------------
     def obfuscated_upload(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -169,7 +168,7 @@ class Node:
         mixer = self.mixer()
         if mixer is not None:
             images = mixer(images.to(self.device)).cpu()
-        return images, labels, {"num-examples": len(labels), **self._vfe(mixer)}
+        return images, labels, {"num-examples": len(labels), **self._obfuscation_metrics(mixer)}
 
     # -- exchange = activations (split learning) -----------------------------------------
     def client_layers(self, weights: dict[str, torch.Tensor]):
@@ -195,7 +194,7 @@ class Node:
         client_part.train()
         with torch.no_grad():
             activations = client_part(to_model_input(images)).float().cpu()
-        metrics = {"num-examples": len(labels), **self._vfe(mixer)}
+        metrics = {"num-examples": len(labels), **self._obfuscation_metrics(mixer)}
         return activations, labels, metrics, images.cpu()
 
     def client_backward(
@@ -253,7 +252,7 @@ class Node:
             mixers.append(self.mixer(seed))
             return mixers[-1]
 
-        seed = round_seed(self.config.seed, 0, self.partition_id)
+        seed = round_seed(self.config.seed, EVALUATION_ROUND, self.partition_id)
         images = obfuscate_once(held.images, mixer_for_seed, seed, self.device)
         return images, held.labels, obfuscation_cost(mixers)
 

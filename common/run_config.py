@@ -23,6 +23,7 @@ from .data import DATASETS
 from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
 from .training import OPTIMIZERS
+from .visualmixer import VisualMixer
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXCHANGES = ("images", "activations", "weights")
@@ -92,6 +93,10 @@ class RunConfig:
     @property
     def uses_dp(self) -> bool:
         return "dp-sgd" in self.defense.split("+")
+
+    def visualmixer(self, seed: int | None = None) -> VisualMixer:
+        """The transform this run's ``target-vfe`` and ``region-size`` describe."""
+        return VisualMixer(self.target_vfe, region_size=self.region_size, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The config with Flower's dashed key names."""

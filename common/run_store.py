@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(*extra: str) -> dict[str, str]:
+    """Python's version and the installed version of torch, torchvision, flwr, numpy and ``extra``."""
     versions = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "flwr", "numpy"):
+    for name in ("torch", "torchvision", "flwr", "numpy", *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -59,11 +59,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
 
 
+# round_seed's round for the once-per-run obfuscation of evaluation sets (rounds start at
+# 1), and its node for the server, whose partition ids would otherwise start at 0.
+EVALUATION_ROUND = 0
+SERVER_NODE = -1
+
+
 def round_seed(seed: int, server_round: int, node: int) -> int:
     """A seed unique to (run seed, round, node): the same batch and shuffle on recompute.
 
-    Rounds start at 1; round 0 seeds the once-per-run obfuscation of evaluation sets
-    (node -1 is the server).
+    See :data:`EVALUATION_ROUND` and :data:`SERVER_NODE`.
     """
     return (seed * 1_000_003 + server_round * 1009 + node) % (2**63)
 

@@ -14,8 +14,16 @@ from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.run_config import ConfigError, RunConfig
 from common.run_store import RunStore
-from common.training import evaluate, make_optimizer, obfuscate_once, resolve_device, round_seed, train_steps
-from common.visualmixer import VisualMixer
+from common.training import (
+    EVALUATION_ROUND,
+    SERVER_NODE,
+    evaluate,
+    make_optimizer,
+    obfuscate_once,
+    resolve_device,
+    round_seed,
+    train_steps,
+)
 
 log = logging.getLogger("flwr")
 BUFFER_LIMIT = 50_000  # most obfuscated uploads the server keeps for training
@@ -172,19 +180,13 @@ class ServerTrainer:
 
     def central_eval_images(self) -> torch.Tensor:
         """The test split as the model is scored on it: with VisualMixer, obfuscated once
-        per run from a fixed seed (round 0, node -1), so every round sees the same copy and
-        a resumed run rebuilds the very same one."""
+        per run from a fixed seed, so every round sees the same copy and a resumed run
+        rebuilds the very same one."""
         if not self.config.uses_visualmixer:
             return self.test_set.images
         if self._central_images is None:
-            cfg = self.config
-
-            def mixer_for_seed(seed: int) -> VisualMixer:
-                return VisualMixer(cfg.target_vfe, region_size=cfg.region_size, seed=seed)
-
-            self._central_images = obfuscate_once(
-                self.test_set.images, mixer_for_seed, round_seed(cfg.seed, 0, -1), self.device
-            )
+            seed = round_seed(self.config.seed, EVALUATION_ROUND, SERVER_NODE)
+            self._central_images = obfuscate_once(self.test_set.images, self.config.visualmixer, seed, self.device)
         return self._central_images
 
     # -- bookkeeping -----------------------------------------------------------------------

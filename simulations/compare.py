@@ -34,9 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.data import DATASETS, ImageSet, load_dataset
+from common.run_config import EXCHANGES
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("images", "activations", "weights")
 TARGETS = (0.5, 0.8, 1.0)
 EPSILONS = (1.0, 3.0, 8.0)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.run_store import package_versions  # noqa: E402
 from simulations.compare_attacks import MIN_RANKED_IMAGES  # noqa: E402
 
 ATTACKS = ("observed", "mosaic", "inverse-net", "feature-inversion", "gradient-inversion", "gi+mosaic", "gi+inverse-net")
@@ -29,16 +28,6 @@ ANCHORS = (
     ("VisualMixer accuracy loss, average (Li et al., NDSS 2024)", "2.35 points"),
     ("Opacus DP-SGD throughput vs SGD (Rodriguez Beltran et al.)", "2.6-8x lower"),
 )
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "torchvision", "flwr", "opacus", "pytorch-msssim"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -92,7 +81,7 @@ def write_markdown(results: dict, path: Path, command: str, info: dict) -> None:
         f"{info['train_seconds']:.0f} s in all (arms already trained in `DIR/runs` are reused, so "
         f"this can span invocations); the last invocation took {info['total_seconds']:.0f} s.",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()) + ".",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions("opacus", "pytorch-msssim").items()) + ".",
         "",
         f"Setup: dataset `{info['dataset']}`, preset `{info['preset']}`: {info['clients']} simulated clients, "
         f"{info['rounds']} rounds, small CNN, local steps {info['local_steps']} (batch {info['batch_size']}), "

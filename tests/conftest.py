@@ -77,3 +77,18 @@ def either_shuffle(request):
     if request.param == "fixed shapes":
         request.getfixturevalue("replayed_on_cpu")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """A small ImageFolder tree (train/ and test/, 10 classes) of the embedded shapes as PNGs."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("shapes-folder")
+    for split, count, seed in (("train", 200, 1), ("test", 60, 2)):
+        images, labels = generate_shapes(count, seed=seed)
+        for i, (image, label) in enumerate(zip(images, labels.tolist())):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    return root

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from pytorch_msssim import ssim as _ssim
 
+from ..training import to_model_input
 from ..visualmixer import visual_feature_entropy
 
 
 def as_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 or float 0..1 -> float 0..1 (clamped)."""
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return images.clamp(0.0, 1.0)
+    return to_model_input(images).clamp(0.0, 1.0)
 
 
 def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

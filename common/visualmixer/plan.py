@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..training import to_model_input
 from .vfe import RegionStats
 
 IMPORTANCE_LEAD = 2.0
@@ -50,8 +51,7 @@ def saliency_importance(
 
     |d max_logit / d x| summed over channels and each region: where the model looks.
     """
-    x = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-    x = x.detach().requires_grad_(True)
+    x = to_model_input(batch).detach().requires_grad_(True)
     was_training = model.training
     model.eval()
     with torch.enable_grad():
