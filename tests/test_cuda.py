@@ -213,8 +213,10 @@ def test_attacks_train_on_cuda_as_the_comparison_runs_them():
 )
 def test_each_exchange_runs_on_cuda_and_its_checkpoint_resumes_on_cpu(tmp_path, exchange, defense):
     torch.cuda.reset_peak_memory_stats()
+    # A fixed sigma: with sigma chosen from the budget, the planned rounds could not grow.
+    sigma = {"noise-multiplier": 1.0} if "dp-sgd" in defense else {}
     _, rows, summary, folder = run(
-        tmp_path, "gpu", exchange=exchange, defense=defense, device="cuda", **{"num-server-rounds": 1}
+        tmp_path, "gpu", exchange=exchange, defense=defense, device="cuda", **{"num-server-rounds": 1}, **sigma
     )
     assert summary["status"] == "completed" and rows[0]["replies"] == 2
     assert torch.cuda.max_memory_allocated() > 0  # the work did go to the GPU
@@ -222,7 +224,7 @@ def test_each_exchange_runs_on_cuda_and_its_checkpoint_resumes_on_cpu(tmp_path, 
     assert all(t.device.type == "cpu" for t in final.values())  # readable without a GPU
     # A run started on a GPU server goes on with the same run-name on a CPU-only one.
     _, rows, summary, _ = run(
-        tmp_path, "gpu", exchange=exchange, defense=defense, device="cpu", **{"num-server-rounds": 2}
+        tmp_path, "gpu", exchange=exchange, defense=defense, device="cpu", **{"num-server-rounds": 2}, **sigma
     )
     assert summary["status"] == "completed" and [r["round"] for r in rows] == [1, 2]
     config = json.loads((folder / "config.json").read_text())

@@ -71,43 +71,31 @@ class RegionStats:
         return self.gap_energy.sum(-1)
 
 
-@lru_cache(maxsize=32)
-def _gap_matrices(r: int, per_gap: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """0/1 matrices that sum flat neighbour differences per column / row gap.
-
-    Entry [y*r + x, g] of the (r*r, r-1) column matrix is 1 when the pair (x, x+1) in row y
-    sits in gap g = x; the entries for x = r-1 (a pair that would wrap to the next row) stay
-    0. Without ``per_gap`` the gaps are summed: (r*r, 1) masks of the pairs inside a region.
-    """
-    pos = torch.arange(r * r, device=device)
-    y, x = pos // r, pos % r
-    gaps = torch.arange(r - 1, device=device)
-    cols = (x.unsqueeze(1) == gaps).float()
-    rows = (y.unsqueeze(1) == gaps).float()
-    if not per_gap:
-        return cols.sum(1, keepdim=True), rows.sum(1, keepdim=True)
-    return cols, rows
-
-
 def region_energy(values: torch.Tensor, per_gap: bool = True) -> torch.Tensor:
     """Squared in-region differences of a float (B, C, N, r, r) tensor, summed per gap.
 
     Returns (B, C, N, r-1): gap g holds the horizontal pairs (x = g, g+1) of every row plus
     the vertical pairs (y = g, g+1) of every column; without ``per_gap``, (B, C, N, 1)
     totals. The differences are taken on the flat, contiguous tensor into one reused
-    buffer, and a 0/1 matrix product keeps only the pairs inside a region row or column,
-    so pairs that wrap across rows or regions never count.
+    buffer; the sums then leave out the last column (horizontal pairs) or the last row
+    (vertical pairs) of each region, so pairs that wrap across rows or regions never count.
+
+    The sums are plain reductions, not matrix products: a training script that lowers
+    float32 matmul precision (TF32 on CUDA, bfloat16 on some CPUs) would otherwise round
+    their inputs, and for uint8 images they are exact integers below 2**24 in float32.
     """
     b, c, n, r, _ = values.shape
     flat = values.reshape(-1)
-    cols, rows = _gap_matrices(r, per_gap, values.device)
     diff = scratch("diff", flat.shape, flat.dtype, flat.device)
+    squares = diff.view(-1, r, r)
     _squared_difference(flat[1:], flat[:-1], out=diff[:-1])
     diff[-1:] = 0
-    energy = diff.view(-1, r * r) @ cols
+    across = squares[:, :, :-1]  # horizontal pairs, gap g = x
+    energy = across.sum(1) if per_gap else across.sum((1, 2)).unsqueeze(-1)
     _squared_difference(flat[r:], flat[:-r], out=diff[:-r])
     diff[-r:] = 0
-    energy.addmm_(diff.view(-1, r * r), rows)
+    down = squares[:, :-1, :]  # vertical pairs, gap g = y
+    energy += down.sum(2) if per_gap else down.sum((1, 2)).unsqueeze(-1)
     return energy.view(b, c, n, -1)
 
 
