@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def test_flwr_run_simulation(simulation_env, tmp_path, exchange):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "finished:completed" in result.stdout
+    # The wrapper stops the local SuperLink it started (none was running before it).
+    port = int(simulation_env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+    deadline = time.time() + 20
+    while superlink_pids(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not superlink_pids(port)
     rows = [json.loads(l) for l in (tmp_path / exchange / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["replies"] == 2 and r["vfe-sent"] >= 0.8 for r in rows)

@@ -10,12 +10,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.payloads import check_activations, check_num_examples
+from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, reply_arrays, reply_metrics
+from server.trainer import ServerTrainer
 
 
 class ActivationsExchange(Exchange):
     name = "activations"
+
+    def __init__(self, config: RunConfig, trainer: ServerTrainer) -> None:
+        super().__init__(config, trainer)
+        self.activation_shape = trainer.activation_shape()  # what a valid upload holds per sample
 
     def configure(self, server_round: int, messenger: Messenger) -> list[Message]:
         # The client layers go down every round; a node that already holds them keeps its own.
@@ -24,7 +30,7 @@ class ActivationsExchange(Exchange):
 
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         activations, labels = check_activations(
-            reply_arrays(reply), self.trainer.activation_shape(), self.trainer.num_classes, self.upload_limit
+            reply_arrays(reply), self.activation_shape, self.trainer.num_classes, self.upload_limit
         )
         metrics = reply_metrics(reply)
         check_num_examples(metrics)

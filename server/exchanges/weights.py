@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ConfigRecord, Message
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
@@ -36,13 +37,14 @@ class WeightsExchange(Exchange):
     def __init__(self, config: RunConfig, trainer: ServerTrainer) -> None:
         super().__init__(config, trainer)
         self.strategy = make_strategy(config)
-        self.reference = trainer.state_dict()
+        self.reference: dict[str, torch.Tensor] = {}  # the weights sent this round
 
     def configure(self, server_round: int, messenger: Messenger) -> list[Message]:
         self.reference = self.trainer.state_dict()
-        arrays = self.evaluation_arrays()
         train_config = ConfigRecord({"lr": self.config.learning_rate})
-        return list(self.strategy.configure_train(server_round, arrays, train_config, messenger.grid))
+        return list(
+            self.strategy.configure_train(server_round, ArrayRecord(self.reference), train_config, messenger.grid)
+        )
 
     def validate(self, reply: Message) -> dict[str, Any]:
         records = reply.content.array_records
