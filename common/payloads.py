@@ -1,14 +1,16 @@
 """Checks the server runs on every client upload before using it.
 
-Clients are not trusted to be well-formed: a reply may miss keys, carry the wrong dtype or
-shape, labels out of range, NaNs, more samples than configured, or images that are not
-uint8. Each check raises :class:`PayloadError` with a reason the server logs next to the
-node id; the server then drops that reply and goes on with the others. The checks take the
-torch tensors of a record (``ArrayRecord.to_torch_state_dict()``).
+Clients are not trusted to be well-formed: a reply may miss keys or carry extra ones, the
+wrong dtype or shape, labels out of range, NaNs, more samples than configured, images that
+are not uint8, or metrics of the wrong type or out of range. Each check raises
+:class:`PayloadError` with a reason the server logs next to the node id; the server then
+drops that reply and goes on with the others. The checks take the torch tensors of a record
+(``ArrayRecord.to_torch_state_dict()``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -16,13 +18,6 @@ import torch
 
 class PayloadError(ValueError):
     """An upload that must not be used; the message says why."""
-
-
-def require(arrays: Mapping[str, torch.Tensor], *keys: str) -> list[torch.Tensor]:
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise PayloadError(f"missing key(s) {missing}; got {sorted(arrays)}")
-    return [arrays[k] for k in keys]
 
 
 def check_labels(labels: torch.Tensor, count: int, num_classes: int) -> None:
@@ -46,8 +41,9 @@ def check_count(count: int, max_samples: int) -> None:
 def check_images(
     arrays: Mapping[str, torch.Tensor], image_shape: tuple[int, ...], num_classes: int, max_samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Obfuscated uint8 images (N, C, H, W) and their labels."""
-    images, labels = require(arrays, "images", "labels")
+    """Obfuscated uint8 images (N, C, H, W) and their labels, and nothing else."""
+    check_array_keys(arrays, {"images", "labels"})
+    images, labels = arrays["images"], arrays["labels"]
     if images.dtype != torch.uint8:
         # uint8 is the only encoding whose range (0..255) is guaranteed by the dtype itself.
         raise PayloadError(f"images must be uint8 (0..255), got {images.dtype}")
@@ -63,8 +59,10 @@ def check_images(
 def check_activations(
     arrays: Mapping[str, torch.Tensor], activation_shape: tuple[int, ...], num_classes: int, max_samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut-layer activations (N, *activation_shape), float32 and finite, and their labels."""
-    activations, labels = require(arrays, "activations", "labels")
+    """Cut-layer activations (N, *activation_shape), float32 and finite, and their labels,
+    and nothing else."""
+    check_array_keys(arrays, {"activations", "labels"})
+    activations, labels = arrays["activations"], arrays["labels"]
     if activations.dtype != torch.float32:
         raise PayloadError(f"activations must be float32, got {activations.dtype}")
     if activations.ndim != 1 + len(activation_shape) or tuple(activations.shape[1:]) != tuple(activation_shape):
@@ -94,10 +92,71 @@ def check_weights(arrays: Mapping[str, torch.Tensor], reference: Mapping[str, to
             raise PayloadError(f"weights[{key!r}] contains non-finite values")
 
 
-def check_num_examples(metrics: Mapping[str, object], max_samples: int | None = None) -> int:
-    count = metrics.get("num-examples")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise PayloadError(f"metrics num-examples must be an int >= 1, got {count!r}")
-    if max_samples is not None and count > max_samples:
-        raise PayloadError(f"num-examples={count} is more than the partition allows ({max_samples})")
-    return count
+# Every metric a reply may carry: (type, lowest, highest) of its value. A region's VFE is at
+# most 2 (a checkerboard of two values), so an image's mean is too.
+METRICS: dict[str, tuple[type, float, float | None]] = {
+    "num-examples": (int, 1, None),
+    "train-loss": (float, 0.0, None),
+    "vfe": (float, 0.0, 2.0),
+    "obfuscation-seconds": (float, 0.0, None),
+    "obfuscation-retries": (int, 0, None),
+    "epsilon": (float, 0.0, None),
+    "dp-steps": (int, 0, None),
+    "noise-multiplier": (float, 0.0, None),
+    "dp-budget-spent": (int, 0, 1),
+    "eval-accuracy": (float, 0.0, 1.0),
+    "eval-loss": (float, 0.0, None),
+}
+OBFUSCATION_METRICS = frozenset({"vfe", "obfuscation-seconds", "obfuscation-retries"})
+DP_METRICS = frozenset({"epsilon", "dp-steps", "noise-multiplier"})
+
+
+def expected_metrics(message_type: str, uses_visualmixer: bool, uses_dp: bool) -> frozenset[str]:
+    """The exact metric keys a well-formed reply to ``message_type`` carries in this run
+    (a reply saying its DP budget is spent carries ``dp-budget-spent`` and the DP keys)."""
+    mixer = OBFUSCATION_METRICS if uses_visualmixer else frozenset()
+    dp = DP_METRICS if uses_dp else frozenset()
+    keys = {
+        "train": {"num-examples", "train-loss"} | mixer | dp,
+        "query.images": {"num-examples"} | mixer,
+        "query.activations": {"num-examples"} | mixer,
+        "train.apply_gradients": {"num-examples"} | dp,
+        "evaluate": {"num-examples", "eval-accuracy", "eval-loss"}
+        | ({"obfuscation-seconds", "obfuscation-retries"} if uses_visualmixer else set()),
+    }
+    if message_type not in keys:
+        raise ValueError(f"no metrics are defined for message type {message_type!r}")
+    return frozenset(keys[message_type])
+
+
+def check_metrics(metrics: Mapping[str, object], expected: frozenset[str]) -> dict[str, float | int]:
+    """``metrics`` with exactly the ``expected`` keys, each a finite number of its type in
+    its range (:data:`METRICS`); a budget-spent reply may also say ``dp-budget-spent``."""
+    keys = set(metrics)
+    if metrics.get("dp-budget-spent"):
+        expected = expected - {"train-loss"} - OBFUSCATION_METRICS | {"dp-budget-spent"}
+    if keys != expected:
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        raise PayloadError(f"metrics keys differ from the protocol's: missing {missing}, unexpected {extra}")
+    checked: dict[str, float | int] = {}
+    for key in sorted(keys):
+        value = metrics[key]
+        kind, low, high = METRICS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PayloadError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
+        if kind is int and float(value) != int(value):
+            raise PayloadError(f"metric {key!r} must be a whole number, got {value!r}")
+        if not math.isfinite(value):
+            raise PayloadError(f"metric {key!r} must be finite, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise PayloadError(f"metric {key!r} must be {bound}, got {value!r}")
+        checked[key] = kind(value)
+    return checked
+
+
+def check_array_keys(arrays: Mapping[str, torch.Tensor], expected: set[str]) -> None:
+    """Exactly the arrays the protocol names: nothing missing, nothing extra to store."""
+    if set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise PayloadError(f"arrays differ from the protocol's: missing {missing}, unexpected {extra}")

@@ -14,6 +14,7 @@ round after the last completed one; the rounds already in ``metrics.jsonl`` stay
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from importlib import metadata
@@ -34,6 +35,17 @@ def package_versions(*extra: str) -> dict[str, str]:
     return versions
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts and lists) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 class RunStore:
     def __init__(self, output_dir: str, run_name: str) -> None:
         self.path = Path(output_dir).expanduser() / run_name
@@ -52,8 +64,9 @@ class RunStore:
         self.write_json("config.json", {"run_config": config, "versions": package_versions()})
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        """One line of strict JSON: a non-finite number is written as null."""
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
+            f.write(json.dumps(_finite(row), default=float, allow_nan=False) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"

@@ -27,6 +27,11 @@ class RoundFailed(RuntimeError):
     """Too few valid replies (or nodes) for the round to count."""
 
 
+class RunFailed(RuntimeError):
+    """Raised out of the ServerApp after a failed round, once ``summary.json`` says why, so
+    that Flower records the run as ``finished:failed`` (and ``flwr list`` shows the reason)."""
+
+
 def payload_bytes(msg: Message) -> int:
     """Bytes of the array records a message carries (what the round's traffic counts)."""
     if not msg.has_content():
@@ -34,19 +39,40 @@ def payload_bytes(msg: Message) -> int:
     return sum(record.count_bytes() for record in msg.content.array_records.values())
 
 
+def check_records(reply: Message, arrays: bool) -> None:
+    """The reply holds exactly the records its protocol names: a MetricRecord ``metrics``
+    and, when ``arrays``, an ArrayRecord ``arrays``; nothing else is accepted or stored."""
+    content = reply.content
+    found = {
+        "array": sorted(content.array_records), "metric": sorted(content.metric_records),
+        "config": sorted(content.config_records),
+    }
+    expected = {"array": ["arrays"] if arrays else [], "metric": ["metrics"], "config": []}
+    if found != expected:
+        raise PayloadError(f"the reply's records are {found}, but the protocol names {expected}")
+
+
 def reply_metrics(reply: Message) -> dict[str, Any]:
-    """The one MetricRecord of a reply, as a dict."""
-    records = list(reply.content.metric_records.values())
-    if len(records) != 1:
-        raise PayloadError(f"expected one MetricRecord, got {len(records)}")
-    return dict(records[0])
+    """The reply's MetricRecord ``metrics``, as a dict."""
+    if "metrics" not in reply.content.metric_records:
+        raise PayloadError(f"the reply has no MetricRecord 'metrics' (it has {sorted(reply.content.metric_records)})")
+    return dict(reply.content.metric_records["metrics"])
 
 
 def reply_arrays(reply: Message) -> dict[str, torch.Tensor]:
     """The reply's ArrayRecord ``arrays`` as torch tensors."""
     if "arrays" not in reply.content.array_records:
-        raise PayloadError(f"expected an ArrayRecord 'arrays', got {sorted(reply.content.array_records)}")
+        raise PayloadError(f"the reply has no ArrayRecord 'arrays' (it has {sorted(reply.content.array_records)})")
     return reply.content["arrays"].to_torch_state_dict()
+
+
+def rejection_reason(error: Exception) -> str:
+    """A sentence for the log: what was missing or wrong in a reply."""
+    if isinstance(error, PayloadError):
+        return str(error)
+    if isinstance(error, KeyError):
+        return f"it lacks the key {error}"
+    return f"reading it failed with {type(error).__name__}: {error}"
 
 
 class Messenger:
@@ -103,13 +129,14 @@ class Messenger:
         self, replies: list[Message], check: Callable[[Message], Checked], what: str, required: bool = True
     ) -> list[tuple[Message, Checked]]:
         """(reply, ``check(reply)``) for every reply that passes; the others are logged and
-        dropped. With ``required``, fewer than ``min-replies`` valid ones fail the round."""
+        dropped, whatever ``check`` raised, so no one reply can end the run. With
+        ``required``, fewer than ``min-replies`` valid ones fail the round."""
         kept = []
         for reply in replies:
             try:
                 kept.append((reply, check(reply)))
-            except (PayloadError, KeyError, TypeError, ValueError) as err:
-                log.warning("Rejected %s from node %d: %s", what, reply.metadata.src_node_id, err)
+            except Exception as err:  # noqa: BLE001 - a client must not be able to crash the server
+                log.warning("Rejected %s from node %d: %s", what, reply.metadata.src_node_id, rejection_reason(err))
         if required and len(kept) < self.config.min_replies:
             raise RoundFailed(f"{len(kept)} valid {what} replies, fewer than min-replies={self.config.min_replies}")
         return kept

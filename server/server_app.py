@@ -8,7 +8,8 @@
 The exchanges live in ``server/exchanges/``, the message plumbing in ``server/messaging.py``
 and the server's own PyTorch work (model, checkpoints, files) in ``server/trainer.py``. A
 round with fewer than ``min-replies`` valid replies is recorded as failed and the run stops,
-keeping its checkpoint.
+keeping its checkpoint; the ServerApp then raises :class:`RunFailed`, so Flower reports the
+run ``finished:failed`` with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.run_config import parse_run_config
 from server.exchanges import make_exchange
 from server.exchanges.base import progress_line
-from server.messaging import Messenger, RoundFailed
+from server.messaging import Messenger, RoundFailed, RunFailed
 from server.trainer import ServerTrainer
 
 log = logging.getLogger("flwr")
@@ -50,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
             trainer.store.append_metrics({"round": server_round, "status": "failed", "reason": str(err)})
             summary = trainer.finish("failed", f"round {server_round} failed: {err}", started)
             log.error("Stopping: %s (checkpoint of round %d kept)", summary["message"], server_round - 1)
-            return
+            raise RunFailed(summary["message"]) from err
         row = {
             "round": server_round, "status": "completed", "exchange": config.exchange, "defense": config.defense,
             **trained, **evaluated, "bytes-up": messenger.up, "bytes-down": messenger.down,

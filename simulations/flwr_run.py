@@ -84,11 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         # "database is locked"), and the next `flwr run` starts a fresh one.
         stop_local_superlink()
     print(f"run {run_id}: {status}")
+    if status != "finished:completed":
+        details = run_details(run_id, target)
+        print(f"run {run_id} did not complete: {details or status}", file=sys.stderr)
     return 0 if status == "finished:completed" else 1
 
 
+def run_row(run_id: int, target: list[str]) -> dict:
+    """``flwr list --run-id`` for one run: its status, status details, times, traffic."""
+    return json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"][0]
+
+
 def run_status(run_id: int, target: list[str]) -> str:
-    return json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"][0]["status"]
+    return run_row(run_id, target)["status"]
+
+
+def run_details(run_id: int, target: list[str]) -> str:
+    """Why a run ended as it did (Flower's status details: a failed ServerApp's exception)."""
+    return run_row(run_id, target).get("status-details", "")
 
 
 def follow(run_id: int, target: list[str], timeout: float, start_timeout: float) -> str:

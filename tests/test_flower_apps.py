@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from common.run_config import ConfigError, parse_run_config
+from server.messaging import RunFailed
 from server.server_app import main as server_main
 from tests.fake_grid import FakeGrid
 
@@ -28,7 +29,10 @@ def run(tmp_path, name, num_nodes=2, tamper=None, **overrides):
     grid = FakeGrid(config, num_nodes=num_nodes, tamper=tamper)
     from flwr.app import Context
 
-    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    try:
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+    except RunFailed:  # a failed round ends the run failed; its files say why
+        pass
     folder = tmp_path / name
     rows = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((folder / "summary.json").read_text())
@@ -248,6 +252,11 @@ def test_too_few_valid_replies_stop_the_run_and_keep_the_checkpoint(tmp_path):
         tmp_path, "stop", tamper={1: silent, 2: silent}, **{"num-server-rounds": 2}
     )
     assert summary["status"] == "failed" and "round 2 failed" in summary["message"]
+    grid = FakeGrid({**FAST, "output-dir": str(tmp_path), "run-name": "stop", "num-server-rounds": 3},
+                    tamper={1: silent, 2: silent})
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=grid.contexts[1].run_config)
+    with pytest.raises(RunFailed, match="round 2 failed: 0 valid weights replies"):
+        server_main(grid, context)  # Flower records a ServerApp that raises as finished:failed
     assert rows[-1] == {"round": 2, "status": "failed", "reason": rows[-1]["reason"]}
     assert (folder / "checkpoint.pt").read_bytes() == before
 
@@ -335,3 +344,71 @@ def test_run_config_choices_come_from_the_registries():
 def test_bad_run_config_fails_at_start(key, value, match):
     with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
         parse_run_config({key: value})
+
+
+def _replace_metrics(change):
+    """A tamper that rewrites the reply's metrics with ``change(metrics)``, keeping its arrays."""
+    def tamper(msg, reply):
+        metrics = change(dict(reply.content["metrics"]))
+        content = {"metrics": MetricRecord(metrics)}
+        if "arrays" in reply.content.array_records:
+            content["arrays"] = reply.content["arrays"]
+        return Message(RecordDict(content), reply_to=msg)
+
+    return tamper
+
+
+def _add_record(msg, reply):
+    content = {name: record for name, record in reply.content.items()}
+    return Message(RecordDict({**content, "extra": ConfigRecord({"note": "x"})}), reply_to=msg)
+
+
+# (exchange, message type tampered, tamper, what the log must say)
+BAD_REPLIES = {
+    "metric of the wrong type": ("weights", "train", _replace_metrics(lambda m: {**m, "train-loss": [1.0, 2.0]}),
+                                 "metric 'train-loss' must be a number, got list"),
+    "NaN vfe": ("weights", "train", _replace_metrics(lambda m: {**m, "vfe": float("nan")}),
+                "metric 'vfe' must be finite, got nan"),
+    "unknown metric": ("weights", "train", _replace_metrics(lambda m: {**m, "note": 1.0}),
+                       "unexpected ['note']"),
+    "missing metric": ("images", "query.images", _replace_metrics(lambda m: {k: v for k, v in m.items() if k != "vfe"}),
+                       "missing ['vfe']"),
+    "negative seconds": ("images", "query.images",
+                         _replace_metrics(lambda m: {**m, "obfuscation-seconds": -1.0}),
+                         "metric 'obfuscation-seconds' must be >= 0.0, got -1.0"),
+    "originals beside the images": ("images", "query.images",
+                                    _replace_arrays("originals", lambda a: a["images"]),
+                                    "unexpected ['originals']"),
+    "an extra record": ("images", "query.images", _add_record, "the reply's records are"),
+    "activations count": ("activations", "query.activations",
+                          _replace_metrics(lambda m: {**m, "num-examples": 10**12}),
+                          "num-examples=1000000000000 but 32 activations"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPLIES))
+def test_replies_that_break_the_protocol_are_rejected_with_a_reason(tmp_path, caplog, case):
+    exchange, message_type, change, reason = BAD_REPLIES[case]
+    tamper = {2: lambda m, r: change(m, r) if m.metadata.message_type == message_type else r}
+    _, rows, summary, _ = run(tmp_path, "bad", tamper=tamper, exchange=exchange, **{"num-server-rounds": 1})
+    assert summary["status"] == "completed" and rows[0]["replies"] == 1
+    rejections = [r.message for r in caplog.records if r.message.startswith("Rejected")]
+    assert len(rejections) == 1 and "from node 2" in rejections[0] and reason in rejections[0], rejections
+
+
+def test_evaluation_metrics_out_of_range_are_not_averaged(tmp_path, caplog):
+    tamper = {2: lambda m, r: _replace_metrics(lambda x: {**x, "eval-accuracy": 7.5})(m, r)
+              if m.metadata.message_type == "evaluate" else r}
+    _, rows, _, _ = run(tmp_path, "eval", tamper=tamper, **{"num-server-rounds": 1})
+    assert rows[0]["federated-nodes"] == 1 and 0 <= rows[0]["federated-accuracy"] <= 1
+    assert "metric 'eval-accuracy' must be in [0.0, 1.0], got 7.5" in caplog.text
+
+
+def test_non_finite_figures_are_written_as_strict_json(tmp_path):
+    from common.run_store import RunStore
+
+    store = RunStore(str(tmp_path), "nan")
+    store.append_metrics({"round": 1, "train-loss": float("nan"), "per-node": {"1": float("inf")}})
+    line = (tmp_path / "nan" / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"round": 1, "train-loss": None, "per-node": {"1": None}}
+    assert "NaN" not in line and "Infinity" not in line

@@ -66,4 +66,22 @@ def test_flwr_run_simulation(simulation_env, tmp_path, exchange):
     rows = [json.loads(l) for l in (tmp_path / exchange / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["replies"] == 2 and r["vfe-sent"] >= 0.8 for r in rows)
+
+
+def test_a_failed_round_makes_a_failed_run(simulation_env, tmp_path):
+    """Three valid replies asked of two clients: the round fails, summary.json says why,
+    Flower records the run finished:failed with that reason, and the wrapper exits 1."""
+    overrides = (
+        f"num-server-rounds=2 local-steps=3 eval-samples=40 min-replies=3 round-timeout=3 "
+        f"output-dir='{tmp_path}' run-name='failing'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--run-config", overrides],
+        cwd=ROOT, env=simulation_env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "finished:failed" in result.stdout
+    assert "round 1 failed: 2 nodes connected, fewer than min-replies=3" in result.stderr
+    summary = json.loads((tmp_path / "failing" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "fewer than min-replies=3" in summary["message"]
     assert json.loads((tmp_path / exchange / "summary.json").read_text())["status"] == "completed"

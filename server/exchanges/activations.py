@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from common.payloads import check_activations, check_num_examples
+from common.payloads import PayloadError, check_activations
 from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
-from server.messaging import Messenger, reply_arrays, reply_metrics
+from server.messaging import Messenger, reply_arrays
 from server.trainer import ServerTrainer
 
 
@@ -29,11 +29,12 @@ class ActivationsExchange(Exchange):
         return messenger.to_every_node("query.activations", server_round, init)
 
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        metrics = self.checked_metrics(reply, "query.activations", arrays=True)
         activations, labels = check_activations(
             reply_arrays(reply), self.activation_shape, self.trainer.num_classes, self.upload_limit
         )
-        metrics = reply_metrics(reply)
-        check_num_examples(metrics)
+        if metrics["num-examples"] != len(labels):
+            raise PayloadError(f"num-examples={metrics['num-examples']} but {len(labels)} activations")
         return activations, labels, metrics
 
     @property
@@ -62,7 +63,10 @@ class ActivationsExchange(Exchange):
             for (reply, _), grad in zip(kept, gradient.split(sizes), strict=True)
         ]
         acks = messenger.send_and_collect(downs)
-        acked = messenger.accept(acks, reply_metrics, "gradient acknowledgement", required=False)
+        acked = messenger.accept(
+            acks, lambda ack: self.checked_metrics(ack, "train.apply_gradients", arrays=False),
+            "gradient acknowledgement", required=False,
+        )
         ack_metrics = [(ack.metadata.src_node_id, m) for ack, m in acked]
         applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
         row = client_train_metrics([m for _, (_, _, m) in kept])

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 from flwr.app import ArrayRecord, Message, MessageType
 
-from common.payloads import check_num_examples
+from common.payloads import check_metrics, expected_metrics
 from common.run_config import RunConfig
-from server.messaging import Messenger, RoundFailed, log, reply_metrics
+from server.messaging import Messenger, RoundFailed, check_records, log, reply_metrics
 from server.trainer import ServerTrainer
 
 Kept = list[tuple[Message, Any]]  # (reply, what validate() returned) per accepted reply
@@ -37,6 +37,13 @@ class Exchange(ABC):
     @abstractmethod
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]: ...
 
+    def checked_metrics(self, reply: Message, message_type: str, arrays: bool) -> dict[str, Any]:
+        """The reply's records and metrics checked against the protocol of ``message_type``
+        in this run (see ``common.payloads.expected_metrics``)."""
+        check_records(reply, arrays)
+        expected = expected_metrics(message_type, self.config.uses_visualmixer, self.config.uses_dp)
+        return check_metrics(reply_metrics(reply), expected)
+
     def train_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
         replies = messenger.send_and_collect(self.configure(server_round, messenger))
         return self.update(server_round, messenger.accept(replies, self.validate, self.name), messenger)
@@ -44,6 +51,10 @@ class Exchange(ABC):
     def evaluation_arrays(self) -> ArrayRecord:
         """What a node needs to evaluate the model: the whole model (split learning overrides)."""
         return ArrayRecord(self.trainer.state_dict())
+
+    def _evaluation(self, reply: Message) -> tuple[float, float, int]:
+        metrics = self.checked_metrics(reply, MessageType.EVALUATE, arrays=False)
+        return metrics["eval-accuracy"], metrics["eval-loss"], metrics["num-examples"]
 
     def evaluate_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
         """Federated evaluation (``federated-*``) and, where the server holds the whole
@@ -54,7 +65,7 @@ class Exchange(ABC):
             log.warning("Federated evaluation skipped: %s", err)
             messages = []
         replies = messenger.send_and_collect(messages) if messages else []
-        kept = messenger.accept(replies, _evaluation, "evaluation", required=False)
+        kept = messenger.accept(replies, self._evaluation, "evaluation", required=False)
         row: dict[str, Any] = {}
         if kept:
             results = [result for _, result in kept]
@@ -66,10 +77,6 @@ class Exchange(ABC):
         return {**row, **self.trainer.evaluate_central()}
 
 
-def _evaluation(reply: Message) -> tuple[float, float, int]:
-    metrics = reply_metrics(reply)
-    n = check_num_examples(metrics)
-    return float(metrics["eval-accuracy"]), float(metrics["eval-loss"]), n
 
 
 def weighted_mean(values: list[tuple[float, int]]) -> float | None:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from flwr.app import Message
 
-from common.payloads import PayloadError, check_images, check_num_examples
+from common.payloads import PayloadError, check_images
 from server.exchanges.base import Exchange, Kept, client_train_metrics
-from server.messaging import Messenger, reply_arrays, reply_metrics
+from server.messaging import Messenger, reply_arrays
 
 
 class ImagesExchange(Exchange):
@@ -22,9 +22,9 @@ class ImagesExchange(Exchange):
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         shape = (self.trainer.channels, 32, 32)
         limit = self.config.upload_samples or 10**9
+        metrics = self.checked_metrics(reply, "query.images", arrays=True)
         images, labels = check_images(reply_arrays(reply), shape, self.trainer.num_classes, limit)
-        metrics = reply_metrics(reply)
-        if check_num_examples(metrics) != len(labels):
+        if metrics["num-examples"] != len(labels):
             raise PayloadError(f"num-examples={metrics['num-examples']} but {len(labels)} images")
         return images, labels, metrics
 

@@ -10,10 +10,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
-from common.payloads import PayloadError, check_num_examples, check_weights
+from common.payloads import PayloadError, check_weights
 from common.run_config import STRATEGIES, RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
-from server.messaging import Messenger, RoundFailed, reply_arrays, reply_metrics
+from server.messaging import Messenger, RoundFailed, reply_arrays
 from server.trainer import ServerTrainer
 
 
@@ -47,12 +47,8 @@ class WeightsExchange(Exchange):
         )
 
     def validate(self, reply: Message) -> dict[str, Any]:
-        records = reply.content.array_records
-        if set(records) != {"arrays"}:
-            raise PayloadError(f"expected one ArrayRecord 'arrays', got {sorted(records)}")
+        metrics = self.checked_metrics(reply, "train", arrays=True)
         check_weights(reply_arrays(reply), self.reference)
-        metrics = reply_metrics(reply)
-        check_num_examples(metrics)
         if metrics.get("dp-budget-spent"):
             raise PayloadError(
                 f"privacy budget spent (epsilon {float(metrics['epsilon']):.3f}, next round would "
