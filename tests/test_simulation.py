@@ -45,16 +45,19 @@ def simulation_env(tmp_path_factory):
         os.kill(pid, signal.SIGTERM)
 
 
+def flwr_run(env: dict[str, str], tmp_path: Path, overrides: str) -> subprocess.CompletedProcess:
+    """``simulations.flwr_run`` with 2 simulated clients, small settings and ``overrides``."""
+    config = f"num-server-rounds=2 local-steps=3 eval-samples=40 output-dir='{tmp_path}' {overrides}"
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--run-config", config],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
 @pytest.mark.parametrize("exchange", ["weights", "images", "activations"])
 def test_flwr_run_simulation(simulation_env, tmp_path, exchange):
-    overrides = (
-        f"exchange='{exchange}' num-server-rounds=2 local-steps=3 upload-samples=32 server-steps=3 "
-        f"eval-samples=40 output-dir='{tmp_path}' run-name='{exchange}'"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--run-config", overrides],
-        cwd=ROOT, env=simulation_env, capture_output=True, text=True, timeout=600,
-    )
+    overrides = f"exchange='{exchange}' upload-samples=32 server-steps=3 run-name='{exchange}'"
+    result = flwr_run(simulation_env, tmp_path, overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "finished:completed" in result.stdout
     # The wrapper stops the local SuperLink it started (none was running before it).
@@ -66,22 +69,15 @@ def test_flwr_run_simulation(simulation_env, tmp_path, exchange):
     rows = [json.loads(l) for l in (tmp_path / exchange / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["replies"] == 2 and r["vfe-sent"] >= 0.8 for r in rows)
+    assert json.loads((tmp_path / exchange / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_failed_round_makes_a_failed_run(simulation_env, tmp_path):
     """Three valid replies asked of two clients: the round fails, summary.json says why,
     Flower records the run finished:failed with that reason, and the wrapper exits 1."""
-    overrides = (
-        f"num-server-rounds=2 local-steps=3 eval-samples=40 min-replies=3 round-timeout=3 "
-        f"output-dir='{tmp_path}' run-name='failing'"
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--run-config", overrides],
-        cwd=ROOT, env=simulation_env, capture_output=True, text=True, timeout=600,
-    )
+    result = flwr_run(simulation_env, tmp_path, "min-replies=3 round-timeout=3 run-name='failing'")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "finished:failed" in result.stdout
     assert "round 1 failed: 2 nodes connected, fewer than min-replies=3" in result.stderr
     summary = json.loads((tmp_path / "failing" / "summary.json").read_text())
     assert summary["status"] == "failed" and "fewer than min-replies=3" in summary["message"]
-    assert json.loads((tmp_path / exchange / "summary.json").read_text())["status"] == "completed"
