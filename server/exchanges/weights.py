@@ -40,6 +40,9 @@ class WeightsExchange(Exchange):
         self.reference: dict[str, torch.Tensor] = {}  # the weights sent this round
 
     def configure(self, server_round: int, messenger: Messenger) -> list[Message]:
+        # The strategy waits for min-replies nodes without a time limit; round-timeout bounds
+        # that wait here (RoundFailed when too few connect).
+        messenger.node_ids()
         self.reference = self.trainer.state_dict()
         train_config = ConfigRecord({"lr": self.config.learning_rate})
         return list(
