@@ -3,7 +3,6 @@ and the rows it reports."""
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -94,10 +93,10 @@ def client_train_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         if value is not None:
             row[name] = value
     # What privacy cost the clients this round: seconds inside VisualMixer and its retries
-    # (extra attempts for images that fell short of the target), summed.
+    # (extra attempts for images that fell short of the target), summed; validation has
+    # already checked that each is a finite number >= 0 of its type.
     for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", None)):  # None: an int
-        values = [m.get(key) for m in metrics]
-        values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+        values = [m[key] for m in metrics if key in m]
         if values:
             row[key] = round(sum(values), digits)
     return row
