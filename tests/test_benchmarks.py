@@ -1,4 +1,4 @@
-"""The benchmark scripts still run and report what README quotes (tiny settings, no timing)."""
+"""The benchmark scripts still run and report what docs/benchmarks.md quotes (tiny settings, no timing)."""
 
 import argparse
 
