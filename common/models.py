@@ -104,5 +104,9 @@ def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Seque
 
 @lru_cache(maxsize=None)
 def num_stages(name: str) -> int:
-    """How many stages model ``name`` has (a split-learning cut is in [1, stages - 1])."""
-    return len(build_model(name))
+    """How many stages model ``name`` has (a split-learning cut is in [1, stages - 1]).
+
+    Built on the ``meta`` device: no weights are allocated or initialised, since a deployed
+    node parses its run config in a fresh process for every message."""
+    with torch.device("meta"):
+        return len(build_model(name))

@@ -32,7 +32,6 @@ Images must tile exactly into regions; other sizes raise ``ValueError`` (see
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import lru_cache
 
 import torch
 
