@@ -1,7 +1,8 @@
-"""``visualmixer``: obfuscate image files or print their VFE from the command line.
+"""``visualmixer``: obfuscate image files, print their VFE, or serve the operator console.
 
     visualmixer obfuscate IMAGE... --out DIR [--target-vfe X] [--region-size N] [--seed S]
     visualmixer vfe IMAGE... [--region-size N]
+    visualmixer console [--runs-dir outputs] [--superlink NAME] [--host H] [--port P] | --text RUN_DIR
 
 Any file PIL opens works. An unreadable file is reported on stderr and skipped; the exit
 status is 1 when any file failed, 0 otherwise.
@@ -137,7 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     vfe.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     vfe.add_argument("--region-size", **region)
     vfe.set_defaults(run=cmd_vfe)
+    console = sub.add_parser(
+        "console", help="the operator console: follow, compare and stop runs in a browser (or --text)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _console_cli().add_arguments(console)
+    console.set_defaults(run=lambda args: _console_cli().run(args))
     return parser
+
+
+def _console_cli():  # type: ignore[no-untyped-def]
+    # The console belongs to the server side; imported only when asked for.
+    from server.console import cli
+
+    return cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 * ``config.json``: the resolved run config and package versions;
 * ``metrics.jsonl``: one JSON object per round (appended as rounds complete);
+* ``events.jsonl``: what became of each reply (accepted, rejected with the reason, failed,
+  silent), one JSON object per node and message;
 * ``checkpoint.pt``: the state after the last completed round (written atomically);
 * ``final_model.pt``: the trained model's state dict;
 * ``samples.png``: a few uploads exactly as the server received them (``images`` exchange);
@@ -60,19 +62,66 @@ class RunStore:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
         os.replace(tmp, self.path / name)
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        self.write_json("config.json", {"run_config": config, "versions": package_versions()})
+    def write_config(self, config: dict[str, Any], flower_run_id: int | None = None) -> None:
+        """``config.json``; ``flower-run-ids`` lists every Flower run that worked on this run
+        (a resume is a new Flower run), so tools can join the folder with ``flwr list``."""
+        ids = self.read_json("config.json").get("flower-run-ids", [])
+        if flower_run_id is not None and flower_run_id not in ids:
+            ids.append(flower_run_id)
+        self.write_json("config.json", {"run_config": config, "versions": package_versions(), "flower-run-ids": ids})
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        """A JSON file of the run as a dict; empty when missing or unreadable."""
+        try:
+            data = json.loads((self.path / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(json.dumps(_finite(row), default=float, allow_nan=False) + "\n")
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One line of strict JSON: a non-finite number is written as null."""
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_finite(row), default=float, allow_nan=False) + "\n")
+        self._append("metrics.jsonl", row)
+
+    def append_event(self, row: dict[str, Any]) -> None:
+        """One line of ``events.jsonl`` (strict JSON, like the metrics)."""
+        self._append("events.jsonl", row)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash mid-write
+                continue
+        return rows
+
+    def summarise(self, status: str, message: str, **extra: Any) -> dict[str, Any]:
+        """Write ``summary.json``: the status, why, and the rounds completed so far."""
+        completed = [r for r in self.read_metrics() if r.get("status") == "completed"]
+        summary = {
+            "status": status, "message": message, "rounds_completed": len(completed),
+            "last": completed[-1] if completed else None, **extra,
+        }
+        self.write_json("summary.json", summary)
+        return summary
+
+    def mark_stopped(self, message: str) -> dict[str, Any] | None:
+        """``summary.json`` with status ``stopped`` for a run ended from outside (``flwr
+        stop``), whose ServerApp cannot write one; a summary already there is kept."""
+        if (self.path / "summary.json").exists():
+            return None
+        return self.summarise("stopped", message)
+
+    def clear_summary(self) -> None:
+        """Forget the summary of an earlier attempt: a resumed run is running again."""
+        (self.path / "summary.json").unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         # Write then rename, so a crash mid-write never destroys the last good checkpoint.

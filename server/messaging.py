@@ -75,15 +75,34 @@ def rejection_reason(error: Exception) -> str:
     return f"reading it failed with {type(error).__name__}: {error}"
 
 
+Event = dict[str, Any]
+
+
 class Messenger:
     """One round's link to the nodes: sends, waits at most ``round-timeout`` and counts the
-    bytes of array payloads in each direction (``up``: received, ``down``: sent)."""
+    bytes of array payloads in each direction (``up``: received, ``down``: sent).
 
-    def __init__(self, grid: Grid, config: RunConfig) -> None:
+    What became of every reply is also handed to ``record`` as an event (``outcome``:
+    accepted, rejected, failed or silent, with the node id, the message kind and the
+    reason), so an operator's console can show it without parsing the log."""
+
+    def __init__(
+        self, grid: Grid, config: RunConfig, server_round: int = 0, record: Callable[[Event], None] | None = None
+    ) -> None:
         self.grid = grid
         self.config = config
+        self.server_round = server_round
+        self._record = record
         self.up = 0
         self.down = 0
+        self.rejected = 0
+
+    def event(self, outcome: str, node: int, what: str, reason: str = "") -> None:
+        if self._record is not None:
+            # Node ids are 64-bit: kept as strings so JSON readers without 64-bit integers
+            # (JavaScript's numbers) do not round them.
+            row = {"round": self.server_round, "node": str(node), "what": what, "outcome": outcome, "time": round(time.time(), 3)}
+            self._record({**row, "reason": reason} if reason else row)
 
     def node_ids(self) -> list[int]:
         """The connected nodes, waiting up to ``round-timeout`` for ``min-replies`` of them."""
@@ -116,11 +135,14 @@ class Messenger:
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 log.warning("Node %d did not reply within %.0f s", m.metadata.dst_node_id, self.config.round_timeout)
+                self.event("silent", m.metadata.dst_node_id, m.metadata.message_type,
+                           f"no reply within {self.config.round_timeout:.0f} s")
         good = []
         for reply in replies:
             self.up += payload_bytes(reply)
             if reply.has_error():
                 log.warning("Node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
+                self.event("failed", reply.metadata.src_node_id, reply.metadata.message_type, reply.error.reason)
             else:
                 good.append(reply)
         return good
@@ -133,10 +155,16 @@ class Messenger:
         ``required``, fewer than ``min-replies`` valid ones fail the round."""
         kept = []
         for reply in replies:
+            node = reply.metadata.src_node_id
             try:
                 kept.append((reply, check(reply)))
             except Exception as err:  # noqa: BLE001 - a client must not be able to crash the server
-                log.warning("Rejected %s from node %d: %s", what, reply.metadata.src_node_id, rejection_reason(err))
+                reason = rejection_reason(err)
+                log.warning("Rejected %s from node %d: %s", what, node, reason)
+                self.rejected += 1
+                self.event("rejected", node, what, reason)
+            else:
+                self.event("accepted", node, what)
         if required and len(kept) < self.config.min_replies:
             raise RoundFailed(f"{len(kept)} valid {what} replies, fewer than min-replies={self.config.min_replies}")
         return kept

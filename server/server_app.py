@@ -33,7 +33,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = parse_run_config(context.run_config)
-    trainer = ServerTrainer(config)
+    trainer = ServerTrainer(config, flower_run_id=context.run_id)
     exchange = make_exchange(config, trainer)
     started = time.time()
     log.info(
@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     for server_round in range(trainer.start_round, config.num_server_rounds + 1):
         round_start = time.time()
-        messenger = Messenger(grid, config)
+        messenger = Messenger(grid, config, server_round, trainer.store.append_event)
         try:
             trained = exchange.train_round(server_round, messenger)
             evaluated = exchange.evaluate_round(server_round, messenger)
@@ -54,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
             raise RunFailed(summary["message"]) from err
         row = {
             "round": server_round, "status": "completed", "exchange": config.exchange, "defense": config.defense,
-            **trained, **evaluated, "bytes-up": messenger.up, "bytes-down": messenger.down,
+            **trained, **evaluated, "rejected": messenger.rejected, "bytes-up": messenger.up, "bytes-down": messenger.down,
             "seconds": round(time.time() - round_start, 2),
         }
         trainer.finish_round(server_round, row)

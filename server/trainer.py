@@ -46,6 +46,7 @@ def dataset_shape(config: RunConfig) -> tuple[int, int]:
 @dataclass
 class ServerTrainer:
     config: RunConfig
+    flower_run_id: int | None = None  # recorded in config.json, to join the folder with `flwr list`
     store: RunStore = field(init=False)
     model: torch.nn.Sequential = field(init=False)
     optimizer: torch.optim.Optimizer | None = field(init=False, default=None)
@@ -66,7 +67,8 @@ class ServerTrainer:
         self.store = RunStore(cfg.output_dir, cfg.run_name)
         self._load_test_set()
         self._resume()
-        self.store.write_config(cfg.to_dict())
+        self.store.write_config(cfg.to_dict(), self.flower_run_id)
+        self.store.clear_summary()
 
     # -- model parts -----------------------------------------------------------------------
     @property
@@ -205,15 +207,7 @@ class ServerTrainer:
         )
 
     def finish(self, status: str, message: str, started: float) -> dict:
-        rows = self.store.read_metrics()
-        completed = [r for r in rows if r.get("status") == "completed"]
-        summary = {
-            "status": status,
-            "message": message,
-            "rounds_completed": len(completed),
-            "last": completed[-1] if completed else None,
-            "seconds_since_start": round(time.time() - started, 1),  # of this ServerApp (a resume restarts it)
-        }
-        self.store.write_json("summary.json", summary)
+        # seconds_since_start: of this ServerApp (a resume restarts it)
+        summary = self.store.summarise(status, message, seconds_since_start=round(time.time() - started, 1))
         self.store.save_model(self.state_dict())
         return summary

@@ -16,31 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from server.flwr_cli import BIN, ROOT, flwr_env, local_superlinks, run_flwr, stop_local_superlink
+
 # Seconds between `flwr list` polls while the log still streams: each poll is a CLI start
 # (about 1.5 CPU-seconds), and the end of the stream already triggers an immediate check.
 POLL_SECONDS = 30
 
 
-def flwr_env() -> dict[str, str]:
-    """The environment for a `flwr` command: it starts `flower-superlink` by name when no
-    local SuperLink answers, so the one installed beside this Python comes first in PATH."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 def flwr(*args: str, timeout: float | None = 300) -> str:
-    result = subprocess.run(
-        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True,
-        env=flwr_env(),
-    )
+    result = run_flwr(*args, timeout=timeout)
     if result.returncode != 0:
         raise SystemExit(f"flwr {' '.join(args)} failed:\n{result.stdout or ''}{result.stderr or ''}")
     return result.stdout or ""
@@ -135,42 +123,6 @@ def follow(run_id: int, target: list[str], timeout: float, start_timeout: float)
             log.wait(timeout=10)
         except subprocess.TimeoutExpired:
             log.terminate()
-
-
-def _processes() -> dict[int, list[bytes]]:
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                found[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-    return found
-
-
-def local_superlinks(processes: dict[int, list[bytes]] | None = None) -> dict[int, list[bytes]]:
-    """The managed local SuperLink(s) of this FLWR_HOME, by pid (found by cmdline)."""
-    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
-    marker = str(home / "local-superlink").encode()
-    processes = _processes() if processes is None else processes
-    return {
-        pid: cmdline for pid, cmdline in processes.items()
-        if any(b"flower-superlink" in part for part in cmdline) and any(marker in p for p in cmdline)
-    }
-
-
-def stop_local_superlink() -> None:
-    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
-    launched: a stopped run's process can otherwise linger, stuck, and slow every run after it."""
-    processes = _processes()
-    for pid, cmdline in local_superlinks(processes).items():
-        port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
-        print(f"stopping the local SuperLink (pid {pid})", file=sys.stderr)
-        os.kill(pid, signal.SIGTERM)
-        runtime = b"127.0.0.1:" + port if port else None
-        for child, args in processes.items():
-            if runtime and any(b"flwr-simulation" in a for a in args) and runtime in args:
-                os.kill(child, signal.SIGKILL)
 
 
 if __name__ == "__main__":

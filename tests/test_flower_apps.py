@@ -394,6 +394,11 @@ def test_replies_that_break_the_protocol_are_rejected_with_a_reason(tmp_path, ca
     assert summary["status"] == "completed" and rows[0]["replies"] == 1
     rejections = [r.message for r in caplog.records if r.message.startswith("Rejected")]
     assert len(rejections) == 1 and "from node 2" in rejections[0] and reason in rejections[0], rejections
+    # The same outcome, machine-readable, for the console: one rejected reply, with its reason.
+    events = [json.loads(line) for line in (tmp_path / "bad" / "events.jsonl").read_text().splitlines()]
+    rejected = [e for e in events if e["outcome"] == "rejected"]
+    assert len(rejected) == 1 and rejected[0]["node"] == "2" and reason in rejected[0]["reason"], rejected
+    assert rows[0]["rejected"] == 1
 
 
 def test_evaluation_metrics_out_of_range_are_not_averaged(tmp_path, caplog):

@@ -1,0 +1,66 @@
+"""The `flwr` CLI and the local SuperLink's processes, as the wrapper scripts and the
+operator console use them (the CLI is the supported way to talk to a SuperLink's Control
+API: its routes take protobuf bodies)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flwr_env() -> dict[str, str]:
+    """The environment for a `flwr` command: it starts `flower-superlink` by name when no
+    local SuperLink answers, so the one installed beside this Python comes first in PATH."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run_flwr(*args: str, timeout: float | None = 300) -> subprocess.CompletedProcess[str]:
+    """``flwr ARGS`` run from the app's folder; the caller reads the return code."""
+    return subprocess.run(
+        [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True, env=flwr_env(),
+    )
+
+
+def _processes() -> dict[int, list[bytes]]:
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+    return found
+
+
+def flwr_home() -> Path:
+    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
+
+
+def local_superlinks(processes: dict[int, list[bytes]] | None = None) -> dict[int, list[bytes]]:
+    """The managed local SuperLink(s) of this FLWR_HOME, by pid (found by cmdline)."""
+    marker = str(flwr_home() / "local-superlink").encode()
+    processes = _processes() if processes is None else processes
+    return {
+        pid: cmdline for pid, cmdline in processes.items()
+        if any(b"flower-superlink" in part for part in cmdline) and any(marker in p for p in cmdline)
+    }
+
+
+def stop_local_superlink() -> None:
+    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
+    launched: a stopped run's process can otherwise linger, stuck, and slow every run after it."""
+    processes = _processes()
+    for pid, cmdline in local_superlinks(processes).items():
+        port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
+        print(f"stopping the local SuperLink (pid {pid})", file=sys.stderr)
+        os.kill(pid, signal.SIGTERM)
+        runtime = b"127.0.0.1:" + port if port else None
+        for child, args in processes.items():
+            if runtime and any(b"flwr-simulation" in a for a in args) and runtime in args:
+                os.kill(child, signal.SIGKILL)
