@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export FLWR_TELEMETRY_ENABLED = 0
 
-.PHONY: run demo test test-fast test-slow bench bench-step compare clean
+.PHONY: run console demo test test-fast test-slow bench bench-step compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(STAMP)
 	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m simulations.flwr_run --num-supernodes 4 \
 		--run-config "output-dir='$(CURDIR)/outputs'"
 
+# The operator console over outputs/ and the local SuperLink of `make run`:
+# open http://127.0.0.1:8050/ (Ctrl-C stops it; the runs go on).
+console: $(STAMP)
+	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m common.cli console --runs-dir "$(CURDIR)/outputs" --superlink local
+
 demo: $(STAMP)
 	$(PY) -m simulations.demo --out outputs/demo
 
@@ -33,7 +38,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not deployment"
+	$(PY) -m pytest -q -m "not slow and not deployment and not console"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -38,13 +38,16 @@ def _processes() -> dict[int, list[bytes]]:
     return found
 
 
-def flwr_home() -> Path:
-    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
+def flwr_home(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("FLWR_HOME", Path.home() / ".flwr")).resolve()
 
 
-def local_superlinks(processes: dict[int, list[bytes]] | None = None) -> dict[int, list[bytes]]:
-    """The managed local SuperLink(s) of this FLWR_HOME, by pid (found by cmdline)."""
-    marker = str(flwr_home() / "local-superlink").encode()
+def local_superlinks(
+    processes: dict[int, list[bytes]] | None = None, home: Path | None = None
+) -> dict[int, list[bytes]]:
+    """The managed local SuperLink(s) of FLWR_HOME (or ``home``), by pid (found by cmdline)."""
+    marker = str((home or flwr_home()) / "local-superlink").encode()
     processes = _processes() if processes is None else processes
     return {
         pid: cmdline for pid, cmdline in processes.items()
@@ -52,11 +55,12 @@ def local_superlinks(processes: dict[int, list[bytes]] | None = None) -> dict[in
     }
 
 
-def stop_local_superlink() -> None:
-    """Stop the managed local SuperLink of this FLWR_HOME and the simulation processes it
-    launched: a stopped run's process can otherwise linger, stuck, and slow every run after it."""
+def stop_local_superlink(home: Path | None = None) -> None:
+    """Stop the managed local SuperLink of FLWR_HOME (or ``home``) and the simulation
+    processes it launched: a stopped run's process can otherwise linger, stuck, and slow
+    every run after it."""
     processes = _processes()
-    for pid, cmdline in local_superlinks(processes).items():
+    for pid, cmdline in local_superlinks(processes, home).items():
         port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
         print(f"stopping the local SuperLink (pid {pid})", file=sys.stderr)
         os.kill(pid, signal.SIGTERM)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -65,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.superlink] if args.superlink else []
-    status = follow(run_id, target, args.timeout, args.start_timeout)
+    # Ctrl-C or SIGTERM stops the run too: otherwise it goes on without anyone following it.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        status = follow(run_id, target, args.timeout, args.start_timeout)
+    except KeyboardInterrupt:
+        print(f"interrupted: stopping run {run_id}", file=sys.stderr)
+        flwr("stop", str(run_id), *target, timeout=60)
+        if not args.superlink and not local_running:
+            stop_local_superlink()
+        return 130
     if not args.superlink and (not local_running or not status.startswith("finished")):
         # Stop what this command started. A managed local SuperLink that left a run pending
         # is stopped too: it sometimes stops launching runs (its SuperExec died, or
@@ -76,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         details = run_details(run_id, target)
         print(f"run {run_id} did not complete: {details or status}", file=sys.stderr)
     return 0 if status == "finished:completed" else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_row(run_id: int, target: list[str]) -> dict:

@@ -207,3 +207,38 @@ def test_cli_text_mode_names_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_metrics_written_by_the_store_are_strict_json(runs):
     RunStore(str(runs), "alpha").append_metrics({"round": 9, "train-loss": float("nan")})
     assert json.loads((runs / "alpha" / "metrics.jsonl").read_text().splitlines()[-1])["train-loss"] is None
+
+
+def test_superlink_status_wins_and_its_empty_details_do_not_hide_the_reason(runs):
+    run = RunFolder("alpha", runs / "alpha")
+    run.path.joinpath("summary.json").unlink()
+    RunStore(str(runs), "alpha").mark_stopped("stopped from the console")
+    flower = {"7964759194684252889": {"status": "finished:stopped", "status-details": "N/A"}}
+    row = run.overview(flower)
+    assert row["status"] == "finished:stopped" and row["reason"] == "stopped from the console"
+    flower["7964759194684252889"] = {"status": "running", "status-details": ""}
+    assert run.overview(flower)["status"] == "running"  # resumed: Flower knows better than an old file
+
+
+def test_a_local_superlink_that_is_not_running_is_not_started(tmp_path, monkeypatch):
+    from server.console.flower import FlowerLink, SuperLinkError
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[superlink.local]\naddress = ":local:"\n'
+                                          '[superlink.prod]\naddress = "10.0.0.5:8000"\n')
+    local = FlowerLink("local")
+    assert local.is_local() and not FlowerLink("prod").is_local()
+    ok, why = local.available()
+    assert not ok and "not running" in why
+    with pytest.raises(SuperLinkError, match="not running"):
+        local.runs()
+
+
+def test_text_view_returns_when_the_superlink_says_the_run_ended(runs):
+    class StoppedElsewhere:  # a SuperLink that saw `flwr stop`: the run wrote no summary
+        def runs(self):
+            return {"7964759194684252889": {"status": "finished:stopped", "status-details": ""}}
+
+    started = time.monotonic()
+    assert follow(runs / "beta", refresh=0.1, console=Console(file=io.StringIO()), timeout=30, link=StoppedElsewhere()) == 1
+    assert time.monotonic() - started < 5

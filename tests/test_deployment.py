@@ -102,3 +102,32 @@ def test_real_superlink_and_supernodes(federation, tmp_path, exchange):
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["status"] == "completed" and r["replies"] == 2 and r["vfe-sent"] >= 0.8 for r in rows)
     assert "[round 2/2]" in log_text
+
+
+def test_console_shows_the_runs_and_supernodes_of_a_real_superlink(federation, tmp_path, monkeypatch):
+    """The console's view of a deployment: a run joined with `flwr list` by its Flower run
+    id, and both SuperNodes online with their last reply in that run."""
+    from fastapi.testclient import TestClient
+
+    from server.console.app import create_app
+
+    env, _ = federation
+    overrides = (f"exchange='weights' num-server-rounds=1 local-steps=2 eval-samples=20 min-replies=2 "
+                 f"round-timeout=120 output-dir='{tmp_path}' run-name='watched'")
+    run_id = json.loads(flwr(env, "run", ".", "e2e", "--run-config", overrides, "--format", "json"))["run-id"]
+    deadline = time.time() + 300
+    while not json.loads(flwr(env, "list", "e2e", "--run-id", str(run_id), "--format", "json"))["runs"][0]["status"].startswith("finished"):
+        assert time.time() < deadline
+        time.sleep(2)
+    for key in ("FLWR_HOME", "PATH"):
+        monkeypatch.setenv(key, env[key])
+    client = TestClient(create_app(tmp_path, superlink="e2e"))
+    runs = client.get("/api/runs").json()
+    assert runs["superlink-error"] == ""
+    watched = next(r for r in runs["runs"] if r["name"] == "watched")
+    assert watched["flower-run-id"] == str(run_id) and watched["status"] == "finished:completed"
+    nodes = client.get("/api/nodes?run=watched").json()
+    assert nodes["superlink-error"] == ""
+    online = [n for n in nodes["nodes"] if n["status"] == "online"]
+    assert len(online) == 2, nodes
+    assert all(n["last-reply"] and n["last-reply"]["outcome"] == "accepted" for n in online), nodes

@@ -23,10 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.text:
+        from server.console.flower import FlowerLink
         from server.console.text import follow
 
         try:
-            return follow(Path(args.text))
+            return follow(Path(args.text), link=FlowerLink(args.superlink) if args.superlink else None)
         except FileNotFoundError as err:
             print(f"error: --text: {err}", file=sys.stderr)
             return 2

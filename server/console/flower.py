@@ -16,7 +16,7 @@ from typing import Any
 
 from server.flwr_cli import flwr_home, local_superlinks, run_flwr
 
-CACHE_SECONDS = 4.0
+CACHE_SECONDS = 10.0
 
 
 class SuperLinkError(RuntimeError):

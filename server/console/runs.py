@@ -127,8 +127,8 @@ class RunFolder:
         return "unknown", "no summary.json, and nothing written for a while: stopped or killed"
 
     def overview(self, flower: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The runs page's row. ``flower``: ``flwr list`` rows by run id, when known; the
-        SuperLink's status wins over the files' while the run is not finished there."""
+        """The runs page's row. ``flower``: ``flwr list`` rows by run id; when the SuperLink
+        knows the run's latest Flower run, its status wins over the files'."""
         config = self.config.get("run_config", {})
         rows = self.metrics().rows
         completed = [r for r in rows if r.get("status") == "completed"]
@@ -138,9 +138,10 @@ class RunFolder:
         flower_row = (flower or {}).get(str(ids[-1])) if ids else None
         if flower_row:
             flower_status = str(flower_row.get("status", ""))
-            if not status.startswith("finished") or flower_status.startswith("finished"):
-                status = flower_status or status
-                reason = str(flower_row.get("status-details") or reason)
+            details = str(flower_row.get("status-details") or "")
+            if flower_status:
+                status = flower_status
+                reason = details if details not in ("", "N/A") else reason
         started = self.path.stat().st_mtime
         config_path = self.path / "config.json"
         if config_path.exists():

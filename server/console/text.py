@@ -1,5 +1,7 @@
 """``visualmixer console --text RUN_DIR``: the run page's figures as a live terminal table,
-for SSH sessions. Refreshes as rounds land; returns when ``summary.json`` appears."""
+for SSH sessions. Refreshes as rounds land; returns when ``summary.json`` appears, or, with
+``--superlink``, when the SuperLink reports the run finished (a run stopped with ``flwr
+stop`` outside the console writes no summary)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from server.console.flower import FlowerLink, SuperLinkError
 from server.console.runs import RunFolder
 
 COLUMNS = (
@@ -41,9 +44,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
         return str(value)
 
 
-def render(run: RunFolder, last: int = 20) -> Group:
+def render(run: RunFolder, last: int = 20, flower: dict[str, dict[str, Any]] | None = None) -> Group:
     """The header (status, config) and the table of the last ``last`` rounds."""
-    detail = run.detail()
+    detail = run.detail(flower)
     cfg = detail["run-config"]
     target = cfg.get("target-vfe") if "visualmixer" in str(cfg.get("defense", "")) else None
     header = Text.assemble(
@@ -73,19 +76,39 @@ def render(run: RunFolder, last: int = 20) -> Group:
     return Group(*parts)
 
 
-def follow(run_dir: Path, refresh: float = 1.0, console: Console | None = None, timeout: float | None = None) -> int:
-    """Show ``run_dir`` live until its ``summary.json`` exists (or ``timeout`` seconds);
-    0 when the run completed, 1 otherwise."""
+def _flower_runs(link: FlowerLink | None) -> dict[str, dict[str, Any]] | None:
+    if link is None:
+        return None
+    try:
+        return link.runs()
+    except SuperLinkError:
+        return None
+
+
+def follow(
+    run_dir: Path, refresh: float = 1.0, console: Console | None = None, timeout: float | None = None,
+    link: FlowerLink | None = None,
+) -> int:
+    """Show ``run_dir`` live until it ends (or ``timeout`` seconds); 0 when it completed,
+    1 otherwise. It has ended when ``summary.json`` exists or ``link``'s SuperLink reports
+    its latest Flower run finished."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (it has no config.json)")
     run = RunFolder(run_dir.name, run_dir)
     started = time.monotonic()
-    with Live(render(run), console=console, refresh_per_second=4, auto_refresh=False) as live:
-        while not (run_dir / "summary.json").exists():
+
+    def ended() -> tuple[bool, Group]:
+        flower = _flower_runs(link)
+        status = run.overview(flower)["status"] if flower else ""
+        return (run_dir / "summary.json").exists() or status.startswith("finished"), render(run, flower=flower)
+
+    done, view = ended()
+    with Live(view, console=console, refresh_per_second=4, auto_refresh=False) as live:
+        while not done:
             if timeout is not None and time.monotonic() - started > timeout:
                 return 1
             time.sleep(refresh)
-            live.update(render(run), refresh=True)
-        live.update(render(run), refresh=True)
-    return 0 if run.summary.get("status") == "completed" else 1
+            done, view = ended()
+            live.update(view, refresh=True)
+    return 0 if run.overview(_flower_runs(link))["status"] == "finished:completed" else 1

@@ -54,7 +54,7 @@ function bytes(value) {
   const units = ["B", "kB", "MB", "GB"];
   let k = 0;
   while (Math.abs(value) >= 1000 && k < units.length - 1) { value /= 1000; k++; }
-  return `${value.toPrecision(3)} ${units[k]}`;
+  return `${+value.toPrecision(3)} ${units[k]}`;
 }
 
 function when(epochSeconds) {
@@ -81,7 +81,7 @@ function showSuperlink(name, error) {
 
 // ---- charts: inline SVG, so nothing is fetched --------------------------------------------
 // series: [{name, points: [[x, y], ...], dashed}]; lines: [{name, y}] drawn as references.
-function lineChart(title, series, { lines = [], yLabel = "", id = null } = {}) {
+function lineChart(title, series, { lines = [], yLabel = "", id = null, zero = false } = {}) {
   const W = 460, H = 220, L = 52, R = 12, T = 10, B = 28;
   const pts = series.flatMap((sr) => sr.points).filter((p) => Number.isFinite(p[1]));
   const ys = pts.map((p) => p[1]).concat(lines.map((l) => l.y));
@@ -93,25 +93,26 @@ function lineChart(title, series, { lines = [], yLabel = "", id = null } = {}) {
     return box;
   }
   let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) { x0 -= 1; x1 += 1; }
-  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
-  const pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad;
+  // Counts and sizes start at 0; ticks fall on round numbers (1, 2 or 5 times a power of 10).
+  let [lo, hi] = [zero ? Math.min(0, ...ys) : Math.min(...ys), Math.max(...ys)];
+  if (lo === hi) { lo -= Math.abs(lo) * 0.1 || 1; hi += Math.abs(hi) * 0.1 || 1; }
+  const raw = (hi - lo) / 4, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw);
+  const y0 = Math.floor(lo / step) * step, y1 = Math.ceil(hi / step) * step;
   const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
-  for (let i = 0; i <= 4; i++) {
-    const y = y0 + ((y1 - y0) * i) / 4;
+  for (let y = y0; y <= y1 + step / 2; y += step) {
     svg.append(s("line", { x1: L, x2: W - R, y1: Y(y), y2: Y(y), stroke: "#e5e8ee" }));
     svg.append(s("text", { x: L - 6, y: Y(y) + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" },
-      yLabel === "bytes" ? bytes(y) : Math.abs(y) >= 1000 ? y.toExponential(1) : y.toPrecision(3)));
+      yLabel === "bytes" ? bytes(y) : Math.abs(y) >= 1e4 ? y.toExponential(1) : String(+y.toPrecision(4))));
   }
   const xt = [...new Set(xs)].sort((a, b) => a - b);
-  const step = Math.max(1, Math.ceil(xt.length / 8));
-  xt.filter((_, i) => i % step === 0).forEach((x) => {
+  const every = Math.max(1, Math.ceil(xt.length / 8));
+  xt.filter((_, i) => i % every === 0).forEach((x) => {
     svg.append(s("text", { x: X(x), y: H - 10, "text-anchor": "middle", "font-size": 10, fill: "#667085" }, x));
   });
-  svg.append(s("text", { x: 4, y: H - 10, "font-size": 10, fill: "#667085" }, "round →"));
   const legend = h("div", { class: "legend" });
   lines.forEach((l) => {
     svg.append(s("line", { x1: L, x2: W - R, y1: Y(l.y), y2: Y(l.y), stroke: "#cf222e", "stroke-dasharray": "4 3" }));
@@ -160,7 +161,7 @@ function runsTable(rows) {
       if (e.target.checked) runsState.selected.add(r.name); else runsState.selected.delete(r.name);
     } }) : ""),
     h("td", {}, r.name ? h("a", { href: `/runs/${encodeURIComponent(r.name)}` }, r.name) : h("span", { class: "muted" }, `Flower run ${r["flower-run-id"]}`)),
-    h("td", { title: r.reason || "" }, badge(r.status), r.reason ? h("div", { class: "muted" }, String(r.reason).slice(0, 90)) : null),
+    h("td", { title: r.reason || "" }, badge(r.status), r.reason && r.status !== "finished:completed" ? h("div", { class: "muted" }, String(r.reason).slice(0, 90)) : null),
     h("td", {}, r.exchange || "–"), h("td", {}, r.defense || "–"), h("td", {}, r.dataset || "–"), h("td", {}, r.model || "–"),
     h("td", { class: "num" }, r.name ? `${r["rounds-done"]} / ${r["rounds-planned"] ?? "?"}` : "–"),
     h("td", { class: "num" }, num(r["federated-accuracy"])), h("td", { class: "num" }, num(r["central-accuracy"])),
@@ -209,24 +210,24 @@ function runCharts(d) {
   const usesVM = String(cfg.defense || "").includes("visualmixer");
   const usesDP = String(cfg.defense || "").includes("dp-sgd");
   const charts = [
-    lineChart("Accuracy", [seriesOf(rounds, "federated-accuracy", "federated (clients' held-out data)"),
+    lineChart("Accuracy per round", [seriesOf(rounds, "federated-accuracy", "federated (clients' held-out data)"),
       seriesOf(rounds, "central-accuracy", "central (server's test set)", { dashed: true })], { id: "chart-accuracy" }),
-    lineChart("Loss", [seriesOf(rounds, "train-loss", "train"), seriesOf(rounds, "federated-loss", "federated"),
+    lineChart("Loss per round", [seriesOf(rounds, "train-loss", "train"), seriesOf(rounds, "federated-loss", "federated"),
       seriesOf(rounds, "central-loss", "central", { dashed: true })], { id: "chart-loss" }),
-    lineChart("Bytes per round", [seriesOf(rounds, "bytes-up", "up (received)"), seriesOf(rounds, "bytes-down", "down (sent)")], { id: "chart-bytes", yLabel: "bytes" }),
-    lineChart("Replies", [seriesOf(rounds, "replies", "accepted"), seriesOf(rounds, "rejected", "rejected")], { id: "chart-replies" }),
+    lineChart("Bytes per round", [seriesOf(rounds, "bytes-up", "up (received)"), seriesOf(rounds, "bytes-down", "down (sent)")], { id: "chart-bytes", yLabel: "bytes", zero: true }),
+    lineChart("Replies per round", [seriesOf(rounds, "replies", "accepted"), seriesOf(rounds, "rejected", "rejected")], { id: "chart-replies", zero: true }),
   ];
   if (usesVM) {
     charts.push(lineChart("VFE of what was received", [seriesOf(rounds, "vfe-sent", "mean VFE sent")],
       { id: "chart-vfe", lines: [{ name: "target", y: cfg["target-vfe"] }] }));
     charts.push(lineChart("VisualMixer cost (summed over nodes)", [seriesOf(rounds, "obfuscation-seconds", "seconds"),
-      seriesOf(rounds, "obfuscation-retries", "retries")], { id: "chart-obfuscation" }));
+      seriesOf(rounds, "obfuscation-retries", "retries")], { id: "chart-obfuscation", zero: true }));
   }
   if (usesDP) {
     const nodes = [...new Set(rounds.flatMap((r) => Object.keys(r["epsilon-per-node"] || {})))].sort();
     charts.push(lineChart("Cumulative epsilon per node", nodes.map((n) => ({
       name: `node ${n}`, points: rounds.filter((r) => r["epsilon-per-node"] && typeof r["epsilon-per-node"][n] === "number").map((r) => [r.round, r["epsilon-per-node"][n]]),
-    })), { id: "chart-epsilon", lines: [{ name: "budget", y: cfg["target-epsilon"] }] }));
+    })), { id: "chart-epsilon", lines: [{ name: "budget", y: cfg["target-epsilon"] }], zero: true }));
   }
   return h("div", { class: "charts" }, charts);
 }
