@@ -6,6 +6,7 @@ and obfuscates on its own device before anything is returned for upload.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from common.training import (
     RecordingMixer,
     evaluate,
     make_optimizer,
+    mean_loss,
     obfuscate_once,
     resolve_device,
     round_seed,
@@ -27,6 +29,8 @@ from common.training import (
     train_steps,
 )
 
+
+log = logging.getLogger("flwr")
 
 # (images, labels, what obfuscating them cost: obfuscation_cost's metrics) of a node's
 # evaluation set
@@ -159,7 +163,10 @@ class Node:
         else:
             losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, mixer, self.device)
             new_state = {k: v.cpu() for k, v in model.state_dict().items()}
-        metrics = {"num-examples": len(labels), "train-loss": sum(losses) / max(1, len(losses))}
+        loss, skipped = mean_loss(losses)
+        if skipped:
+            log.warning("Skipped %d of %d local steps: non-finite loss or gradient", skipped, len(losses))
+        metrics = {"num-examples": len(labels), "train-loss": loss}
         return new_state, {**metrics, **self._obfuscation_metrics(mixer), **extra}
 
     # -- exchange = images ---------------------------------------------------------------
@@ -229,6 +236,8 @@ class Node:
                 f"gradient shape {tuple(gradient.shape)} does not match the activations "
                 f"{tuple(activations.shape)} of round {server_round}"
             )
+        if not bool(torch.isfinite(gradient).all()):
+            raise ValueError(f"the server's gradient of round {server_round} holds non-finite values: not applied")
         optimizer.zero_grad(set_to_none=True)
         activations.backward(gradient.to(self.device, activations.dtype))
         optimizer.step()

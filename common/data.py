@@ -31,19 +31,20 @@ from .shapes import generate_shapes
 class DatasetInfo:
     channels: int
     classes: int | None  # None: known only from the files (``folder``)
+    train_size: int | None = None  # images in the training split; None: known only from the files
 
 
+SHAPES_SIZES = {"train": 10_000, "test": 2_000}
 # The data sets by run-config name.
 DATASETS: dict[str, DatasetInfo] = {
-    "shapes": DatasetInfo(3, 10),
-    "cifar10": DatasetInfo(3, 10),
-    "cifar100": DatasetInfo(3, 100),
-    "mnist": DatasetInfo(1, 10),
-    "fashion-mnist": DatasetInfo(1, 10),
+    "shapes": DatasetInfo(3, 10, SHAPES_SIZES["train"]),
+    "cifar10": DatasetInfo(3, 10, 50_000),
+    "cifar100": DatasetInfo(3, 100, 50_000),
+    "mnist": DatasetInfo(1, 10, 60_000),
+    "fashion-mnist": DatasetInfo(1, 10, 60_000),
     "folder": DatasetInfo(3, None),
 }
 SPLITS = ("train", "test")
-SHAPES_SIZES = {"train": 10_000, "test": 2_000}
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,21 @@ def check_images(
     return images, labels
 
 
+def check_magnitude(name: str, values: torch.Tensor, max_abs: float) -> None:
+    """Finite values no larger than ``max_abs`` in magnitude: a huge finite value (3e38)
+    would make the server's layers, and then every honest node's, NaN."""
+    if not bool(torch.isfinite(values).all()):
+        raise PayloadError(f"{name} contains non-finite values (NaN or inf)")
+    if values.numel() and (peak := float(values.abs().max())) > max_abs:
+        raise PayloadError(f"{name} holds a value of magnitude {peak:.3g}, above max-abs-value={max_abs:g}")
+
+
 def check_activations(
-    arrays: Mapping[str, torch.Tensor], activation_shape: tuple[int, ...], num_classes: int, max_samples: int
+    arrays: Mapping[str, torch.Tensor], activation_shape: tuple[int, ...], num_classes: int, max_samples: int,
+    max_abs: float = math.inf,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut-layer activations (N, *activation_shape), float32 and finite, and their labels,
-    and nothing else."""
+    """Cut-layer activations (N, *activation_shape), float32, finite and within ``max_abs``,
+    and their labels, and nothing else."""
     check_array_keys(arrays, {"activations", "labels"})
     activations, labels = arrays["activations"], arrays["labels"]
     if activations.dtype != torch.float32:
@@ -71,14 +81,16 @@ def check_activations(
             f"got {tuple(activations.shape)}"
         )
     check_count(len(activations), max_samples)
-    if not bool(torch.isfinite(activations).all()):
-        raise PayloadError("activations contain non-finite values (NaN or inf)")
+    check_magnitude("activations", activations, max_abs)
     check_labels(labels, len(activations), num_classes)
     return activations, labels
 
 
-def check_weights(arrays: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> None:
-    """A model update with exactly the reference's keys, shapes and dtypes, all finite."""
+def check_weights(
+    arrays: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], max_abs: float = math.inf
+) -> None:
+    """A model update with exactly the reference's keys, shapes and dtypes, all finite and
+    within ``max_abs``."""
     if set(arrays) != set(reference):
         missing, extra = set(reference) - set(arrays), set(arrays) - set(reference)
         raise PayloadError(f"weights keys differ: missing {sorted(missing)}, unexpected {sorted(extra)}")
@@ -88,8 +100,8 @@ def check_weights(arrays: Mapping[str, torch.Tensor], reference: Mapping[str, to
             raise PayloadError(
                 f"weights[{key!r}] is {got.dtype}{list(got.shape)}, expected {expected.dtype}{list(expected.shape)}"
             )
-        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise PayloadError(f"weights[{key!r}] contains non-finite values")
+        if got.is_floating_point():
+            check_magnitude(f"weights[{key!r}]", got, max_abs)
 
 
 # Every metric a reply may carry: (type, lowest, highest) of its value. A region's VFE is at

@@ -44,7 +44,8 @@ STRATEGIES = {
 # ``num-server-rounds`` may grow to train longer, except under DP-SGD with the noise chosen
 # from the budget, where the planned rounds set sigma.
 OPERATIONAL_KEYS = frozenset(
-    {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples"}
+    {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples",
+     "max-abs-value", "max-examples-per-reply", "vfe-tolerance"}
 )
 
 
@@ -75,6 +76,9 @@ class RunConfig:
     strategy: str
     min_replies: int
     round_timeout: float
+    max_abs_value: float
+    max_examples_per_reply: int
+    vfe_tolerance: float
     eval_samples: int
     num_classes: int
     seed: int
@@ -202,6 +206,9 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         strategy=_choice("strategy", value("strategy"), STRATEGIES),
         min_replies=_number("min-replies", value("min-replies"), int, 1),
         round_timeout=_number("round-timeout", value("round-timeout"), float, 1.0),
+        max_abs_value=_number("max-abs-value", value("max-abs-value"), float, 1e-6),
+        max_examples_per_reply=_number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
+        vfe_tolerance=_number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),
         eval_samples=_number("eval-samples", value("eval-samples"), int, 0),
         num_classes=_number("num-classes", value("num-classes"), int, 0),
         seed=_number("seed", value("seed"), int, 0),

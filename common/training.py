@@ -7,6 +7,7 @@ on obfuscated images is also *used* on obfuscated images (:func:`predict`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -112,16 +113,36 @@ def train_on_batches(
     mixer: Mixer | None = None,
     device: torch.device | str = "cpu",
 ) -> list[float]:
-    """One optimizer step per batch of indices (e.g. Poisson batches for DP-SGD); the losses."""
+    """One optimizer step per batch of indices (e.g. Poisson batches for DP-SGD); the losses.
+
+    A step whose loss or gradient is not finite is not taken, so one bad batch cannot make
+    the model NaN; its loss is recorded as NaN (see :func:`mean_loss`)."""
     model.train()
     losses = []
     for x, y in obfuscated_batches(images, labels, batches, mixer, device):
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(to_model_input(x)), y)
         loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        if finite_step(loss, model.parameters()):
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float("nan"))
     return losses
+
+
+def finite_step(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -> bool:
+    """Whether ``loss`` and every gradient are finite (one device sync for all of them)."""
+    checks = [torch.isfinite(loss).all()]
+    checks += [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    return bool(torch.stack(checks).all())
+
+
+def mean_loss(losses: list[float]) -> tuple[float, int]:
+    """(mean of the finite losses, or NaN when there is none; how many steps were skipped)."""
+    finite = [value for value in losses if math.isfinite(value)]
+    return (sum(finite) / len(finite) if finite else float("nan")), len(losses) - len(finite)
 
 
 def obfuscated_batches(

@@ -24,7 +24,7 @@ from common.run_config import parse_run_config
 from server.exchanges import make_exchange
 from server.exchanges.base import progress_line
 from server.messaging import Messenger, RoundFailed, RunFailed
-from server.trainer import ServerTrainer
+from server.trainer import NonFiniteModel, ServerTrainer
 
 log = logging.getLogger("flwr")
 app = ServerApp()
@@ -47,17 +47,17 @@ def main(grid: Grid, context: Context) -> None:
         try:
             trained = exchange.train_round(server_round, messenger)
             evaluated = exchange.evaluate_round(server_round, messenger)
-        except RoundFailed as err:
+            row = {
+                "round": server_round, "status": "completed", "exchange": config.exchange, "defense": config.defense,
+                **trained, **evaluated, "rejected": messenger.rejected, "bytes-up": messenger.up,
+                "bytes-down": messenger.down, "seconds": round(time.time() - round_start, 2),
+            }
+            trainer.finish_round(server_round, row)
+        except (RoundFailed, NonFiniteModel) as err:
             trainer.store.append_metrics({"round": server_round, "status": "failed", "reason": str(err)})
-            summary = trainer.finish("failed", f"round {server_round} failed: {err}", started)
+            summary = trainer.finish("failed", f"round {server_round} failed: {err}", started, keep_model=False)
             log.error("Stopping: %s (checkpoint of round %d kept)", summary["message"], server_round - 1)
             raise RunFailed(summary["message"]) from err
-        row = {
-            "round": server_round, "status": "completed", "exchange": config.exchange, "defense": config.defense,
-            **trained, **evaluated, "rejected": messenger.rejected, "bytes-up": messenger.up, "bytes-down": messenger.down,
-            "seconds": round(time.time() - round_start, 2),
-        }
-        trainer.finish_round(server_round, row)
         log.info("[round %d/%d] %s", server_round, config.num_server_rounds, progress_line(row))
     summary = trainer.finish("completed", "all rounds completed", started)
     log.info("Run %r finished: %s", config.run_name, summary["last"])

@@ -18,7 +18,9 @@ from common.training import (
     EVALUATION_ROUND,
     SERVER_NODE,
     evaluate,
+    finite_step,
     make_optimizer,
+    mean_loss,
     obfuscate_once,
     resolve_device,
     round_seed,
@@ -43,6 +45,10 @@ def dataset_shape(config: RunConfig) -> tuple[int, int]:
         ) from err
 
 
+class NonFiniteModel(RuntimeError):
+    """The model went NaN or infinite: the round cannot be kept."""
+
+
 @dataclass
 class ServerTrainer:
     config: RunConfig
@@ -54,6 +60,7 @@ class ServerTrainer:
     test_set: ImageSet | None = field(init=False, default=None)
     start_round: int = field(init=False, default=1)
     samples_saved: bool = field(init=False, default=False)
+    skipped_steps: int = field(init=False, default=0)  # of the last round: non-finite loss or gradient
     _central_images: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -142,13 +149,17 @@ class ServerTrainer:
         if not self.samples_saved and uploads:
             self.store.save_samples(uploads[0][0][:32])
             self.samples_saved = True
+        # Keep only what training can use (the newest BUFFER_LIMIT uploads), so memory and
+        # the checkpoint stay flat however long the run.
         images = torch.cat([b[0] for b in self.buffer])[-BUFFER_LIMIT:]
         labels = torch.cat([b[1] for b in self.buffer])[-BUFFER_LIMIT:]
+        self.buffer = [(images, labels)]
         losses = train_steps(
             self.model, images, labels, self.optimizer,
             self.config.server_steps, self.config.server_batch_size, None, self.device,
         )
-        return sum(losses) / len(losses)
+        loss, self.skipped_steps = mean_loss(losses)
+        return loss
 
     def train_top(self, activations: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One pass of the server layers over uploaded activations; the gradient at the cut.
@@ -165,9 +176,14 @@ class ServerTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(top(acts[index]), labels[index])
             loss.backward()
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-        return acts.grad.detach().cpu(), sum(losses) / len(losses)
+            if finite_step(loss, top.parameters()) and bool(torch.isfinite(acts.grad[index]).all()):
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
+            else:  # not taken, and its rows of the cut gradient go down as zeros, never NaN
+                acts.grad[index] = 0
+                losses.append(float("nan"))
+        loss, self.skipped_steps = mean_loss(losses)
+        return acts.grad.detach().cpu(), loss
 
     def evaluate_central(self) -> dict[str, float]:
         """Accuracy and loss on the server's test split, obfuscated like the training data.
@@ -193,6 +209,11 @@ class ServerTrainer:
 
     # -- bookkeeping -----------------------------------------------------------------------
     def finish_round(self, server_round: int, row: dict) -> None:
+        """Record the round and checkpoint it; a model that is no longer finite is never
+        checkpointed (the round fails and the last good checkpoint stays)."""
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise NonFiniteModel(f"the model holds non-finite values after round {server_round} ({', '.join(bad[:3])})")
         self.store.append_metrics(row)
         self.store.save_checkpoint(
             {
@@ -206,8 +227,11 @@ class ServerTrainer:
             }
         )
 
-    def finish(self, status: str, message: str, started: float) -> dict:
+    def finish(self, status: str, message: str, started: float, keep_model: bool = True) -> dict:
+        """``summary.json``, and ``final_model.pt`` unless the run failed (a failed round's
+        model may be half-updated or non-finite; the checkpoint holds the last good one)."""
         # seconds_since_start: of this ServerApp (a resume restarts it)
         summary = self.store.summarise(status, message, seconds_since_start=round(time.time() - started, 1))
-        self.store.save_model(self.state_dict())
+        if keep_model:
+            self.store.save_model(self.state_dict())
         return summary

@@ -71,3 +71,13 @@ def test_bench_retries_counts_and_times_the_calls_that_retried():
     assert bench_retries.functional.ATTEMPTS == 4  # put back after the timing
     none = bench_retries.bench(16, 3, torch.device("cpu"), 0.0, 1)
     assert none["calls_with_retries"] == 0 and "retries_ms" not in none
+
+
+def test_bench_guard_prints_the_guards_share_of_a_round(capsys):
+    import json
+
+    from simulations.bench import guard
+
+    assert guard.main(["--nodes", "2", "--upload-samples", "16", "--server-steps", "2", "--repeats", "1"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["images_per_round"] == 32 and row["guard_ms"] > 0 and 0 < row["guard_share"]

@@ -358,6 +358,13 @@ def _replace_metrics(change):
     return tamper
 
 
+def _originals(count: int) -> np.ndarray:
+    """Unobfuscated images, as a client that skips VisualMixer would send them."""
+    from common.shapes import generate_shapes
+
+    return generate_shapes(count, seed=99)[0].numpy()
+
+
 def _add_record(msg, reply):
     content = {name: record for name, record in reply.content.items()}
     return Message(RecordDict({**content, "extra": ConfigRecord({"note": "x"})}), reply_to=msg)
@@ -380,6 +387,16 @@ BAD_REPLIES = {
                                     _replace_arrays("originals", lambda a: a["images"]),
                                     "unexpected ['originals']"),
     "an extra record": ("images", "query.images", _add_record, "the reply's records are"),
+    "originals, not obfuscated": ("images", "query.images",
+                                  _replace_arrays("images", lambda a: _originals(len(a["images"]))),
+                                  "whatever the reply claims: not obfuscated"),
+    "huge activations": ("activations", "query.activations",
+                         _replace_arrays("activations", lambda a: np.full_like(a["activations"], 3e38)),
+                         "activations holds a value of magnitude 3e+38, above max-abs-value=10000"),
+    "huge weights": ("weights", "train", _replace_arrays("0.0.weight", lambda a: np.full_like(a["0.0.weight"], 1e30)),
+                     "weights['0.0.weight'] holds a value of magnitude 1e+30, above max-abs-value=10000"),
+    "num-examples beyond the data set": ("weights", "train", _replace_metrics(lambda m: {**m, "num-examples": 10**12}),
+                                         "num-examples=1000000000000 is more than a node can hold (max-examples-per-reply=10000)"),
     "activations count": ("activations", "query.activations",
                           _replace_metrics(lambda m: {**m, "num-examples": 10**12}),
                           "num-examples=1000000000000 but 32 activations"),

@@ -31,7 +31,8 @@ class ActivationsExchange(Exchange):
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         metrics = self.checked_metrics(reply, "query.activations", arrays=True)
         activations, labels = check_activations(
-            reply_arrays(reply), self.activation_shape, self.trainer.num_classes, self.upload_limit
+            reply_arrays(reply), self.activation_shape, self.trainer.num_classes, self.upload_limit,
+            self.config.max_abs_value,
         )
         if metrics["num-examples"] != len(labels):
             raise PayloadError(f"num-examples={metrics['num-examples']} but {len(labels)} activations")
@@ -70,7 +71,10 @@ class ActivationsExchange(Exchange):
         ack_metrics = [(ack.metadata.src_node_id, m) for ack, m in acked]
         applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
         row = client_train_metrics([m for _, (_, _, m) in kept])
-        return {**row, "train-loss": loss, "gradients-applied": applied, **privacy_metrics(ack_metrics)}
+        return {
+            **row, "train-loss": loss, "skipped-steps": self.trainer.skipped_steps,
+            "gradients-applied": applied, **privacy_metrics(ack_metrics),
+        }
 
     def evaluation_arrays(self) -> ArrayRecord:
         """Nodes keep their own client layers; they need the server's part only."""

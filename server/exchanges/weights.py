@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import strategy as flower_strategies
 from flwr.serverapp.strategy import Strategy
 
+from common.data import DATASETS
 from common.payloads import PayloadError, check_weights
 from common.run_config import STRATEGIES, RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
@@ -49,9 +50,22 @@ class WeightsExchange(Exchange):
             self.strategy.configure_train(server_round, ArrayRecord(self.reference), train_config, messenger.grid)
         )
 
+    @property
+    def examples_limit(self) -> int | None:
+        """Most ``num-examples`` a reply may claim: ``max-examples-per-reply``, else the data
+        set's training split (no node holds more). FedAvg weighs replies by this count, so a
+        node that lies about it takes more than its share of the average."""
+        return self.config.max_examples_per_reply or DATASETS[self.config.dataset].train_size
+
     def validate(self, reply: Message) -> dict[str, Any]:
         metrics = self.checked_metrics(reply, "train", arrays=True)
-        check_weights(reply_arrays(reply), self.reference)
+        limit = self.examples_limit
+        if limit is not None and metrics["num-examples"] > limit:
+            raise PayloadError(
+                f"num-examples={metrics['num-examples']} is more than a node can hold "
+                f"(max-examples-per-reply={limit})"
+            )
+        check_weights(reply_arrays(reply), self.reference, self.config.max_abs_value)
         if metrics.get("dp-budget-spent"):
             raise PayloadError(
                 f"privacy budget spent (epsilon {float(metrics['epsilon']):.3f}, next round would "
