@@ -131,7 +131,14 @@ class Messenger:
         """Send, wait, and return the replies that carry content; log silent and failed nodes."""
         self.down += sum(payload_bytes(m) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=self.config.round_timeout))
-        answered = {r.metadata.src_node_id for r in replies}
+        # Sending gave each message its id. A reply names the node by the message it answers:
+        # an error the SuperLink makes for a lost node carries the SuperLink's own id as source.
+        sent = {m.metadata.message_id: m for m in messages if m.metadata.message_id}
+
+        def origin(reply: Message) -> Message | None:
+            return sent.get(reply.metadata.reply_to_message_id)
+
+        answered = {m.metadata.dst_node_id if (m := origin(r)) else r.metadata.src_node_id for r in replies}
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 log.warning("Node %d did not reply within %.0f s", m.metadata.dst_node_id, self.config.round_timeout)
@@ -141,8 +148,11 @@ class Messenger:
         for reply in replies:
             self.up += payload_bytes(reply)
             if reply.has_error():
-                log.warning("Node %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
-                self.event("failed", reply.metadata.src_node_id, reply.metadata.message_type, reply.error.reason)
+                asked = origin(reply)
+                node = asked.metadata.dst_node_id if asked else reply.metadata.src_node_id
+                kind = asked.metadata.message_type if asked else reply.metadata.message_type
+                log.warning("Node %d failed: %s", node, reply.error.reason)
+                self.event("failed", node, kind, reply.error.reason)
             else:
                 good.append(reply)
         return good

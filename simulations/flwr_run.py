@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from server.flwr_cli import BIN, ROOT, flwr_env, local_superlinks, run_flwr, stop_local_superlink
 
@@ -73,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: stopping run {run_id}", file=sys.stderr)
         flwr("stop", str(run_id), *target, timeout=60)
+        mark_stopped(args.run_config, f"stopped on an interrupt of simulations.flwr_run (Flower run {run_id})")
         if not args.superlink and not local_running:
             stop_local_superlink()
         return 130
+    if not status.startswith("finished"):  # follow() stopped it
+        mark_stopped(args.run_config, f"stopped by simulations.flwr_run while {status} (--timeout "
+                                      f"{args.timeout:g} s, --start-timeout {args.start_timeout:g} s)")
     if not args.superlink and (not local_running or not status.startswith("finished")):
         # Stop what this command started. A managed local SuperLink that left a run pending
         # is stopped too: it sometimes stops launching runs (its SuperExec died, or
@@ -86,6 +91,21 @@ def main(argv: list[str] | None = None) -> int:
         details = run_details(run_id, target)
         print(f"run {run_id} did not complete: {details or status}", file=sys.stderr)
     return 0 if status == "finished:completed" else 1
+
+
+def mark_stopped(run_config: str, message: str) -> None:
+    """``summary.json`` (status ``stopped``) for a run this command stopped: its ServerApp
+    was ended from outside and wrote none. Only a run folder this machine can see."""
+    from flwr.common.config import parse_config_args
+
+    from common.run_config import app_defaults
+    from common.run_store import RunStore
+
+    values = {**app_defaults(), **parse_config_args([run_config] if run_config else [])}
+    output_dir = Path(str(values["output-dir"])).expanduser()
+    output_dir = output_dir if output_dir.is_absolute() else ROOT / output_dir
+    if (output_dir / str(values["run-name"]) / "config.json").is_file():
+        RunStore(str(output_dir), str(values["run-name"])).mark_stopped(message)
 
 
 def _interrupt(signum: int, frame: object) -> None:

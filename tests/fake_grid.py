@@ -57,6 +57,7 @@ class FakeGrid:
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # as Flower's grid does on push
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
             start = time.perf_counter()

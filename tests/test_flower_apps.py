@@ -244,6 +244,24 @@ def test_failed_and_silent_nodes(tmp_path, caplog):
     assert "Node 2 failed: out of memory" in messages and "Node 3 did not reply" in messages
 
 
+def test_a_lost_node_is_logged_once_by_its_own_id(tmp_path, caplog):
+    """The SuperLink answers for a node it lost with an error whose source is the SuperLink
+    itself: the server names the node it asked, once, and does not also call it silent."""
+    def lost(msg, reply):
+        from flwr.app import Error
+
+        error = Message(Error(code=1, reason="the node is unavailable"), reply_to=msg)
+        error.metadata.__dict__["_src_node_id"] = 0  # the SuperLink's own id
+        return error
+
+    _, rows, _, folder = run(tmp_path, "lost", num_nodes=3, tamper={3: lost}, **{"num-server-rounds": 1})
+    lines = [r.message for r in caplog.records if "Node" in r.message]
+    assert lines.count("Node 3 failed: the node is unavailable") == 2  # train and evaluation
+    assert not any("Node 0" in line or "Node 3 did not reply" in line for line in lines), lines
+    events = [json.loads(l) for l in (folder / "events.jsonl").read_text().splitlines()]
+    assert [e["what"] for e in events if e["node"] == "3"] == ["train", "evaluate"]
+
+
 def test_too_few_valid_replies_stop_the_run_and_keep_the_checkpoint(tmp_path):
     silent = lambda m, r: None
     _, rows, summary, folder = run(tmp_path, "stop", **{"num-server-rounds": 1})

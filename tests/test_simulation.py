@@ -81,3 +81,34 @@ def test_a_failed_round_makes_a_failed_run(simulation_env, tmp_path):
     assert "round 1 failed: 2 nodes connected, fewer than min-replies=3" in result.stderr
     summary = json.loads((tmp_path / "failing" / "summary.json").read_text())
     assert summary["status"] == "failed" and "fewer than min-replies=3" in summary["message"]
+
+
+def test_a_run_stopped_by_timeout_or_ctrl_c_says_so(simulation_env, tmp_path):
+    """--timeout stops the run and writes summary.json (status stopped); so does Ctrl-C,
+    which also stops the run instead of leaving it going unfollowed."""
+    config = (f"num-server-rounds=500 exchange='images' upload-samples=16 server-steps=2 eval-samples=20 "
+              f"output-dir='{tmp_path}' run-name='timed'")
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2", "--timeout", "30", "--run-config", config],
+        cwd=ROOT, env=simulation_env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "--timeout 30" in summary["message"]
+    rows = (tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()
+    assert summary["rounds_completed"] <= len(rows)
+
+    interrupted = subprocess.Popen(
+        [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2",
+         "--run-config", config.replace("'timed'", "'interrupted'")],
+        cwd=ROOT, env=simulation_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "interrupted" / "metrics.jsonl").exists():
+        assert time.time() < deadline and interrupted.poll() is None
+        time.sleep(1)
+    interrupted.send_signal(signal.SIGINT)
+    out, _ = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130, out[-3000:]
+    summary = json.loads((tmp_path / "interrupted" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "interrupt" in summary["message"]
