@@ -31,6 +31,7 @@ from common.training import (
 
 
 log = logging.getLogger("flwr")
+_WARNED: set[str] = set()  # data-dir values already warned about in this process
 
 # (images, labels, what obfuscating them cost: obfuscation_cost's metrics) of a node's
 # evaluation set
@@ -67,10 +68,13 @@ class Node:
         partition_id = int(node_config.get("partition-id", 0))
         num_partitions = int(node_config.get("num-partitions", 1))
         data_dir = str(node_config.get("data-dir", config.data_dir))
+        if config.dataset == "shapes" and data_dir and data_dir not in _WARNED:
+            _WARNED.add(data_dir)
+            log.warning("data-dir=%r is ignored: dataset='shapes' is generated, not read from disk", data_dir)
         device = resolve_device(str(node_config.get("device", config.device)))
         train_set, held_out = client_partition(
             config.dataset, data_dir, partition_id, num_partitions,
-            config.partitioning, config.dirichlet_alpha, config.seed,
+            config.partitioning, config.dirichlet_alpha, config.seed, config.bad_images,
         )
         return cls(config, partition_id, train_set, held_out, device)
 

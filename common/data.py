@@ -16,6 +16,10 @@ see ``images / 255``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import torch
 
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import generate_shapes
+
+log = logging.getLogger("flwr")  # a node's lines land in Flower's log
 
 
 
@@ -75,8 +81,10 @@ def load_dataset(
     download: bool = False,
     image_size: int = 32,
     seed: int = 0,
+    bad_images: str = "skip",
 ) -> ImageSet:
-    """Load ``split`` of data set ``name`` (see :data:`DATASETS`)."""
+    """Load ``split`` of data set ``name`` (see :data:`DATASETS`); ``bad_images``: what an
+    unreadable file in a ``folder`` data set does (``skip`` it, or ``fail`` the load)."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
     if split not in SPLITS:
@@ -92,7 +100,7 @@ def load_dataset(
         )
     root = Path(data_dir).expanduser()
     if name == "folder":
-        return _load_folder(str(root.resolve()), split, image_size)
+        return _load_folder(str(root.resolve()), split, image_size, bad_images)
     return _load_torchvision(name, root, split, download)
 
 
@@ -121,11 +129,38 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Imag
     return ImageSet(data.to(torch.uint8), labels, tuple(ds.classes))
 
 
+BAD_IMAGES = ("skip", "fail")
+# Decoding a folder of JPEGs is the slow part of a deployed node's message (a new process
+# each time): the decoded tensors are kept on disk, keyed by the files' names, sizes and
+# modification times, so a changed folder is decoded again.
+CACHE_ENV = "VISUALMIXER_CACHE_DIR"
+PROGRESS_SECONDS = 5.0
+
+
+def cache_dir() -> Path:
+    """``$VISUALMIXER_CACHE_DIR``, else ``$XDG_CACHE_HOME/visualmixer`` (``~/.cache/visualmixer``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "visualmixer"
+
+
+def _folder_key(samples: list[tuple[str, int]], image_size: int, bad_images: str) -> str:
+    digest = hashlib.sha256(f"{image_size} {bad_images}".encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
 @functools.lru_cache(maxsize=4)
-def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
+def _load_folder(root: str, split: str, image_size: int, bad_images: str = "skip") -> ImageSet:
+    """``root/split`` as an ImageSet. Unreadable files are skipped with one warning naming
+    the count and the first few (``bad_images="skip"``), or fail the load (``"fail"``);
+    a folder with no readable image fails either way."""
     from torchvision.datasets import ImageFolder
 
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad-images must be one of {', '.join(BAD_IMAGES)}; got {bad_images!r}")
     folder = Path(root) / split
     if not folder.is_dir():
         raise DataError(
@@ -136,13 +171,50 @@ def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
         tree = ImageFolder(str(folder), allow_empty=False)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"could not read images under {str(folder)!r}: {err}") from err
-    images = np.empty((len(tree.samples), image_size, image_size, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(tree.samples):
+    cached = cache_dir() / f"folder-{_folder_key(tree.samples, image_size, bad_images)}.pt"
+    if cached.exists():
+        try:
+            data = torch.load(cached, weights_only=True)
+            return ImageSet(data["images"], data["labels"], tuple(tree.classes))
+        except (OSError, RuntimeError, KeyError, EOFError):
+            pass  # unreadable cache: decode again and rewrite it
+    images, keep, failed = _decode(tree.samples, image_size, bad_images, folder)
+    labels = torch.tensor([tree.samples[i][1] for i in keep], dtype=torch.long)
+    result = ImageSet(torch.from_numpy(images[keep]).permute(0, 3, 1, 2).contiguous(), labels, tuple(tree.classes))
+    if failed:
+        log.warning(
+            "Skipped %d unreadable image(s) of %d in %s (bad-images=skip): %s%s",
+            len(failed), len(tree.samples), folder, ", ".join(failed[:3]), ", ..." if len(failed) > 3 else "",
+        )
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"images": result.images, "labels": result.labels}, tmp)
+        os.replace(tmp, cached)
+    except OSError as err:  # a read-only home: decode every time, but say so once
+        log.warning("Could not cache decoded images in %s (%s); set %s", cached.parent, err, CACHE_ENV)
+    return result
+
+
+def _decode(samples: list[tuple[str, int]], image_size: int, bad_images: str, folder: Path):
+    """(uint8 array (N, size, size, 3), indices decoded, paths that failed)."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = np.empty((len(samples), image_size, image_size, 3), dtype=np.uint8)
+    keep, failed = [], []
+    last = time.monotonic()
+    for i, (path, _) in enumerate(samples):
+        if time.monotonic() - last > PROGRESS_SECONDS:
+            log.info("Decoding %s: %d of %d images", folder, i, len(samples))
+            last = time.monotonic()
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(f"could not decode image {path!r}: {err}") from err
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            if bad_images == "fail":
+                raise DataError(f"could not decode image {path!r} (bad-images=fail): {err}") from err
+            failed.append(path)
+            continue
         if rgb.size != (image_size, image_size):
             # Resize the short side, then centre-crop: the usual ImageFolder preprocessing.
             scale = image_size / min(rgb.size)
@@ -151,8 +223,13 @@ def _load_folder(root: str, split: str, image_size: int) -> ImageSet:
             left, top = (w - image_size) // 2, (h - image_size) // 2
             rgb = rgb.crop((left, top, left + image_size, top + image_size))
         images[i] = np.asarray(rgb)
-    labels = torch.tensor([label for _, label in tree.samples], dtype=torch.long)
-    return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, tuple(tree.classes))
+        keep.append(i)
+    if not keep:
+        raise DataError(
+            f"none of the {len(samples)} files under {str(folder)!r} could be decoded as an image "
+            f"(first: {failed[0] if failed else '-'})"
+        )
+    return images, keep, failed
 
 
 def partition_indices(
@@ -193,9 +270,9 @@ HOLDOUT_FRACTION = 0.1
 
 
 @functools.lru_cache(maxsize=8)
-def cached_dataset(name: str, split: str, data_dir: str | None, seed: int) -> ImageSet:
+def cached_dataset(name: str, split: str, data_dir: str | None, seed: int, bad_images: str = "skip") -> ImageSet:
     """:func:`load_dataset` once per process (simulated clients share a worker process)."""
-    return load_dataset(name, split, data_dir or None, seed=seed)
+    return load_dataset(name, split, data_dir or None, seed=seed, bad_images=bad_images)
 
 
 def client_partition(
@@ -206,13 +283,14 @@ def client_partition(
     scheme: str = "iid",
     alpha: float = 0.5,
     seed: int = 0,
+    bad_images: str = "skip",
 ) -> tuple[ImageSet, ImageSet]:
     """(local training set, held-out set) of one client: its partition, 10% held out."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"node-config partition-id={partition_id} must be in [0, num-partitions={num_partitions})"
         )
-    train = cached_dataset(name, "train", data_dir, seed)
+    train = cached_dataset(name, "train", data_dir, seed, bad_images)
     part = partition_indices(train.labels, num_partitions, scheme, alpha, seed)[partition_id]
     if len(part) < 2:
         raise DataError(

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
+from .data import BAD_IMAGES, DATASETS
 from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
 from .training import OPTIMIZERS
@@ -44,7 +44,7 @@ STRATEGIES = {
 # ``num-server-rounds`` may grow to train longer, except under DP-SGD with the noise chosen
 # from the budget, where the planned rounds set sigma.
 OPERATIONAL_KEYS = frozenset(
-    {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples",
+    {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples", "bad-images",
      "max-abs-value", "max-examples-per-reply", "vfe-tolerance"}
 )
 
@@ -59,6 +59,7 @@ class RunConfig:
     defense: str
     dataset: str
     data_dir: str
+    bad_images: str
     partitioning: str
     dirichlet_alpha: float
     num_server_rounds: int
@@ -189,6 +190,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         defense=defense,
         dataset=_choice("dataset", value("dataset"), DATASETS),
         data_dir=str(value("data-dir")),
+        bad_images=_choice("bad-images", value("bad-images"), BAD_IMAGES),
         partitioning=_choice("partitioning", value("partitioning"), PARTITIONINGS),
         dirichlet_alpha=_number("dirichlet-alpha", value("dirichlet-alpha"), float, 1e-6),
         num_server_rounds=_number("num-server-rounds", value("num-server-rounds"), int, 1),

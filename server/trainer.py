@@ -37,7 +37,7 @@ def dataset_shape(config: RunConfig) -> tuple[int, int]:
     if config.num_classes or info.classes:
         return info.channels, config.num_classes or info.classes
     try:
-        return 3, cached_dataset("folder", "test", config.data_dir or None, config.seed).num_classes
+        return 3, cached_dataset("folder", "test", config.data_dir or None, config.seed, config.bad_images).num_classes
     except (DataError, ValueError) as err:
         raise ConfigError(
             f"run-config num-classes=0 and the server cannot read the folder data set to count "
@@ -104,7 +104,9 @@ class ServerTrainer:
     def _load_test_set(self) -> None:
         """Centralized evaluation needs the test split on the server (always in simulation)."""
         try:
-            test = cached_dataset(self.config.dataset, "test", self.config.data_dir or None, self.config.seed)
+            test = cached_dataset(
+                self.config.dataset, "test", self.config.data_dir or None, self.config.seed, self.config.bad_images
+            )
         except (DataError, ValueError) as err:
             log.warning("Centralized evaluation off: the server has no test split (%s)", err)
             return

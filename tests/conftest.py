@@ -15,6 +15,17 @@ from common.shapes import generate_shapes
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_image_cache(tmp_path_factory) -> Path:
+    """Decoded folder data sets are cached in a tmp dir, not the user's ~/.cache (child
+    processes, Flower's included, inherit it)."""
+    from common.data import CACHE_ENV
+
+    path = tmp_path_factory.mktemp("decoded-cache")
+    os.environ[CACHE_ENV] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shapes_batch() -> torch.Tensor:
     images, _ = generate_shapes(64, seed=123)
