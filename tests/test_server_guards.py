@@ -167,3 +167,47 @@ def test_a_node_refuses_a_non_finite_gradient(tmp_path):
     with pytest.raises(ValueError, match="non-finite values: not applied"):
         node.client_backward(client_part, optimizer, 1, torch.full_like(activations, float("nan")), batch=(batch, labels))
     assert all(torch.equal(a, b) for a, b in zip(before, client_part.parameters()))
+
+
+def _image_rows(value) -> list[torch.Tensor]:
+    """Every uint8 image (3, 32, 32) inside a loaded checkpoint or state dict."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.uint8 and tuple(value.shape[-3:]) == (3, 32, 32):
+            return list(value.reshape(-1, 3, 32, 32))
+        return []
+    if isinstance(value, dict):
+        return [row for v in value.values() for row in _image_rows(v)]
+    if isinstance(value, (list, tuple)):
+        return [row for v in value for row in _image_rows(v)]
+    return []
+
+
+def _png_cells(path) -> list[torch.Tensor]:
+    """The 32x32 cells of a grid written by torchvision's save_image (padding 1)."""
+    from PIL import Image
+
+    grid = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    cells = []
+    for top in range(1, grid.shape[1] - 31, 33):
+        for left in range(1, grid.shape[2] - 31, 33):
+            cells.append(grid[:, top:top + 32, left:left + 32].contiguous())
+    return cells
+
+
+@pytest.mark.parametrize("exchange", ["images", "activations", "weights"])
+def test_no_file_the_server_writes_holds_a_client_original(tmp_path, exchange):
+    from common.data import load_dataset
+
+    originals = {bytes(image.numpy().tobytes()) for image in load_dataset("shapes", "train").images}
+    *_, folder = run(tmp_path, "scan", exchange=exchange)
+    scanned = 0
+    for path in folder.iterdir():
+        if path.suffix == ".pt":
+            rows = _image_rows(torch.load(path, weights_only=False))
+        elif path.suffix == ".png":
+            rows = _png_cells(path)
+        else:
+            continue
+        scanned += len(rows)
+        assert not any(bytes(row.numpy().tobytes()) in originals for row in rows), path.name
+    assert scanned > 0 if exchange == "images" else True  # images: the buffer and samples.png were read
