@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,35 @@ def local_superlinks(
         pid: cmdline for pid, cmdline in processes.items()
         if any(b"flower-superlink" in part for part in cmdline) and any(marker in p for p in cmdline)
     }
+
+
+def local_superlink_port() -> int:
+    """The HTTP port `flwr` gives a managed local SuperLink (Flower's default, or
+    ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``)."""
+    return int(os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
+
+
+def foreign_superlink() -> str | None:
+    """Why a `flwr run` on the managed local SuperLink would reach another checkout's: a
+    process answers on the local port, and it is not this FLWR_HOME's SuperLink. None when
+    the port is free or ours."""
+    port = local_superlink_port()
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex(("127.0.0.1", port)) != 0:
+            return None
+    if local_superlinks():
+        return None
+    others = [
+        pid for pid, cmdline in _processes().items()
+        if any(b"flower-superlink" in part for part in cmdline)
+    ]
+    who = f"flower-superlink pid {', '.join(map(str, others))}" if others else "another process"
+    return (
+        f"127.0.0.1:{port} is taken by {who}, which is not the local SuperLink of FLWR_HOME={flwr_home()}: "
+        "a run would execute that SuperLink's code and state. Stop it (e.g. pkill -f local-superlink), "
+        "or give this checkout its own ports: FLWR_LOCAL_SUPERLINK_HTTP_API_PORT and FLWR_LOCAL_CONTROL_API_PORT"
+    )
 
 
 def stop_local_superlink(home: Path | None = None) -> None:

@@ -59,5 +59,10 @@ def main(grid: Grid, context: Context) -> None:
             log.error("Stopping: %s (checkpoint of round %d kept)", summary["message"], server_round - 1)
             raise RunFailed(summary["message"]) from err
         log.info("[round %d/%d] %s", server_round, config.num_server_rounds, progress_line(row))
+    # A run is complete only with a completed row for every round: never report it otherwise.
+    done = {r.get("round") for r in trainer.store.read_metrics() if r.get("status") == "completed"}
+    if missing := sorted(set(range(1, config.num_server_rounds + 1)) - done):
+        summary = trainer.finish("failed", f"rounds {missing} have no completed row in metrics.jsonl", started)
+        raise RunFailed(summary["message"])
     summary = trainer.finish("completed", "all rounds completed", started)
     log.info("Run %r finished: %s", config.run_name, summary["last"])

@@ -9,7 +9,10 @@ managed local SuperLink (simulation) with ``--num-supernodes`` simulated clients
 that SuperLink at the end when this command started it (one that was already running is
 left alone). A run still going after ``--timeout`` seconds, or still pending after
 ``--start-timeout``, is stopped with ``flwr stop``; a managed local SuperLink that left a
-run pending is stopped too, so the next ``flwr run`` starts a fresh one.
+run pending is stopped too, so the next ``flwr run`` starts a fresh one. A run this command
+stops (``--timeout``, Ctrl-C, SIGTERM) gets a ``summary.json`` with status ``stopped``. It
+refuses to start when the local SuperLink's port answers for another FLWR_HOME (another
+checkout's SuperLink would run its own code and state).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from server.flwr_cli import BIN, ROOT, flwr_env, local_superlinks, run_flwr, stop_local_superlink
+from server.flwr_cli import (
+    BIN, ROOT, flwr_env, foreign_superlink, local_superlinks, run_flwr, stop_local_superlink,
+)
 
 # Seconds between `flwr list` polls while the log still streams: each poll is a CLI start
 # (about 1.5 CPU-seconds), and the end of the stream already triggers an immediate check.
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     command = ["run", "."]
     local_running = bool(local_superlinks())
+    if not args.superlink and (crossing := foreign_superlink()):
+        print(f"refusing to run: {crossing}", file=sys.stderr)
+        return 2
     if args.superlink:
         command.append(args.superlink)
     else:

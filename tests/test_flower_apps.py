@@ -244,6 +244,15 @@ def test_failed_and_silent_nodes(tmp_path, caplog):
     assert "Node 2 failed: out of memory" in messages and "Node 3 did not reply" in messages
 
 
+def test_a_run_with_a_round_missing_from_its_metrics_is_not_completed(tmp_path):
+    """However it happened, a run whose metrics.jsonl lacks a completed round is failed."""
+    run(tmp_path, "gap", **{"num-server-rounds": 2})
+    metrics = tmp_path / "gap" / "metrics.jsonl"
+    metrics.write_text("\n".join(metrics.read_text().splitlines()[1:]) + "\n")  # round 1's row lost
+    _, rows, summary, _ = run(tmp_path, "gap", **{"num-server-rounds": 3})
+    assert summary["status"] == "failed" and "rounds [1] have no completed row" in summary["message"]
+
+
 def test_a_lost_node_is_logged_once_by_its_own_id(tmp_path, caplog):
     """The SuperLink answers for a node it lost with an error whose source is the SuperLink
     itself: the server names the node it asked, once, and does not also call it silent."""
