@@ -15,6 +15,7 @@ run ``finished:failed`` with the reason.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from flwr.app import Context
@@ -28,6 +29,15 @@ from server.trainer import NonFiniteModel, ServerTrainer
 
 log = logging.getLogger("flwr")
 app = ServerApp()
+
+
+def resident_mb() -> float | None:
+    """The ServerApp process's resident memory now, in MiB (Linux; None elsewhere)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 @app.main()
@@ -51,6 +61,7 @@ def main(grid: Grid, context: Context) -> None:
                 "round": server_round, "status": "completed", "exchange": config.exchange, "defense": config.defense,
                 **trained, **evaluated, "rejected": messenger.rejected, "bytes-up": messenger.up,
                 "bytes-down": messenger.down, "seconds": round(time.time() - round_start, 2),
+                "server-memory-mb": resident_mb(),
             }
             trainer.finish_round(server_round, row)
         except (RoundFailed, NonFiniteModel) as err:

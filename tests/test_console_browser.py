@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from server.flwr_cli import stop_local_superlink
-from tests.test_deployment import ROOT, flwr_env, free_port
-from tests.test_simulation import superlink_pids
+from tests.test_deployment import ROOT, free_port
+from tests.test_simulation import simulation_env  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.console
 
@@ -31,18 +29,6 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
 SMALL = "exchange='images' upload-samples=32 server-steps=8 eval-samples=40 local-steps=2"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = flwr_env(tmp_path_factory.mktemp("flwr-console-home"))
-    port = free_port()
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    yield env
-    stop_local_superlink(Path(env["FLWR_HOME"]))  # and the simulation processes it launched
-    for pid in superlink_pids(port):
-        os.kill(pid, signal.SIGTERM)
 
 
 def start_run(env, runs: Path, name: str, rounds: int, timeout: int = 600) -> subprocess.Popen:
@@ -98,7 +84,7 @@ def browser():
         browser.close()
 
 
-def test_every_page_draws_without_a_script_error(env, tmp_path, browser):
+def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, browser):
     """Each page over a written run folder, with no Flower process: the quick check that
     the front end loads and draws (a script error would leave every page blank)."""
     from common.run_store import RunStore
@@ -114,7 +100,8 @@ def test_every_page_draws_without_a_script_error(env, tmp_path, browser):
     (runs / "study").mkdir()
     (runs / "study" / "results.csv").write_text("arm,test-accuracy\nimages-none,0.5\n")
     port = free_port()
-    console = start_console({**env, "FLWR_HOME": str(tmp_path / "no-flower")}, runs, "127.0.0.1", port, superlink=None)
+    console = start_console({**simulation_env, "FLWR_HOME": str(tmp_path / "no-flower")}, runs, "127.0.0.1", port,
+                            superlink=None)
     try:
         page = browser.new_page()
         errors: list[str] = []
@@ -138,7 +125,8 @@ def test_every_page_draws_without_a_script_error(env, tmp_path, browser):
         console.wait(timeout=30)
 
 
-def test_follow_compare_and_stop_a_live_run(env, tmp_path, browser):
+def test_follow_compare_and_stop_a_live_run(simulation_env, tmp_path, browser):
+    env = simulation_env
     runs = tmp_path / "outputs"
     short = start_run(env, runs, "short", rounds=2)
     out, _ = short.communicate(timeout=600)
@@ -201,11 +189,11 @@ def test_follow_compare_and_stop_a_live_run(env, tmp_path, browser):
         console.wait(timeout=30)
 
 
-def test_off_loopback_the_browser_needs_the_token(env, tmp_path, browser):
+def test_off_loopback_the_browser_needs_the_token(simulation_env, tmp_path, browser):
     runs = tmp_path / "outputs"
     runs.mkdir()
     port = free_port()
-    console = start_console(env, runs, "127.0.0.2", port)
+    console = start_console(simulation_env, runs, "127.0.0.2", port)
     try:
         page = browser.new_page()
         response = page.goto(f"http://127.0.0.2:{port}/")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from server.flwr_cli import stop_local_superlink
 from tests.test_deployment import ROOT, flwr_env, free_port
 
 pytestmark = pytest.mark.deployment
@@ -41,6 +42,7 @@ def simulation_env(tmp_path_factory):
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     yield env
+    stop_local_superlink(Path(env["FLWR_HOME"]))  # and the simulation processes it launched
     for pid in superlink_pids(port):
         os.kill(pid, signal.SIGTERM)
 

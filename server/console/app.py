@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from common.run_store import RunStore
@@ -23,7 +23,8 @@ from server.console.flower import FlowerLink, SuperLinkError
 from server.console.runs import NotFound, RunsDir, last_outcomes
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"runs": "runs.html", "run": "run.html", "compare": "compare.html", "nodes": "nodes.html"}
+# Every view is the same page (static/page.html) with its title and name: console.js draws it.
+PAGES = {"runs": "Runs", "run": "Run", "compare": "Compare", "nodes": "Nodes"}
 
 
 def create_app(runs_dir: Path, superlink: str | None = None, token: str | None = None) -> FastAPI:
@@ -61,8 +62,10 @@ def create_app(runs_dir: Path, superlink: str | None = None, token: str | None =
         except SuperLinkError as err:
             return {}, str(err)
 
-    def page(name: str) -> FileResponse:
-        return FileResponse(STATIC / PAGES[name], media_type="text/html")
+    template = (STATIC / "page.html").read_text()
+
+    def page(name: str) -> HTMLResponse:
+        return HTMLResponse(template.replace("{title}", PAGES[name]).replace("{page}", name))
 
     def found(call, *args):  # type: ignore[no-untyped-def]
         try:
@@ -71,25 +74,25 @@ def create_app(runs_dir: Path, superlink: str | None = None, token: str | None =
             raise HTTPException(404, "not found") from err
 
     @app.get("/")
-    def runs_page() -> FileResponse:
+    def runs_page() -> HTMLResponse:
         return page("runs")
 
     @app.get("/runs/{name}")
-    def run_page(name: str) -> FileResponse:
+    def run_page(name: str) -> HTMLResponse:
         found(runs.run, name)
         return page("run")
 
     @app.get("/compare")
-    def compare_page() -> FileResponse:
+    def compare_page() -> HTMLResponse:
         return page("compare")
 
     @app.get("/compare/{name}")
-    def compare_folder_page(name: str) -> FileResponse:
+    def compare_folder_page(name: str) -> HTMLResponse:
         found(runs.comparison, name)
         return page("compare")
 
     @app.get("/nodes")
-    def nodes_page() -> FileResponse:
+    def nodes_page() -> HTMLResponse:
         return page("nodes")
 
     @app.get("/api/runs")
