@@ -83,7 +83,7 @@ class Messenger:
     bytes of array payloads in each direction (``up``: received, ``down``: sent).
 
     What became of every reply is also handed to ``record`` as an event (``outcome``:
-    accepted, rejected, failed or silent, with the node id, the message kind and the
+    accepted, rejected, failed or silent, with the node id, the message type and the
     reason), so an operator's console can show it without parsing the log."""
 
     def __init__(
@@ -172,9 +172,9 @@ class Messenger:
                 reason = rejection_reason(err)
                 log.warning("Rejected %s from node %d: %s", what, node, reason)
                 self.rejected += 1
-                self.event("rejected", node, what, reason)
+                self.event("rejected", node, reply.metadata.message_type, reason)
             else:
-                self.event("accepted", node, what)
+                self.event("accepted", node, reply.metadata.message_type)
         if required and len(kept) < self.config.min_replies:
             raise RoundFailed(f"{len(kept)} valid {what} replies, fewer than min-replies={self.config.min_replies}")
         return kept

@@ -33,8 +33,8 @@ def make_run(root: Path, name: str, rounds: int = 1, summary: bool = True) -> Ru
     store.write_config(CONFIG, flower_run_id=7964759194684252889)
     for k in range(1, rounds + 1):
         store.append_metrics({**ROUND, "round": k})
-    store.append_event({"round": 1, "node": "11", "what": "images", "outcome": "accepted"})
-    store.append_event({"round": 1, "node": "12", "what": "images", "outcome": "rejected",
+    store.append_event({"round": 1, "node": "11", "what": "query.images", "outcome": "accepted"})
+    store.append_event({"round": 1, "node": "12", "what": "query.images", "outcome": "rejected",
                         "reason": "<b>vfe</b>=0.1 is below the target"})
     (store.path / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     if summary:
@@ -180,7 +180,7 @@ def test_text_view_shows_the_rounds_and_returns_when_the_run_ends(runs):
     console = Console(file=out, width=160, force_terminal=False)
     console.print(render(RunFolder("beta", runs / "beta")))
     text = out.getvalue()
-    assert "beta" in text and "0.4000" in text and "rejected images" in text
+    assert "beta" in text and "0.4000" in text and "rejected query.images" in text
 
     def finish_later():
         time.sleep(0.5)
