@@ -191,7 +191,7 @@ def _load_folder(root: str, split: str, image_size: int, bad_images: str = "skip
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"images": result.images, "labels": result.labels}, tmp)
         os.replace(tmp, cached)
-    except OSError as err:  # a read-only home: decode every time, but say so once
+    except OSError as err:  # a read-only home: every process decodes again, and says why
         log.warning("Could not cache decoded images in %s (%s); set %s", cached.parent, err, CACHE_ENV)
     return result
 
