@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -98,3 +99,8 @@ def stop_local_superlink(home: Path | None = None) -> None:
         for child, args in processes.items():
             if runtime and any(b"flwr-simulation" in a for a in args) and runtime in args:
                 os.kill(child, signal.SIGKILL)
+        # Wait for it to go: a command run right after (the next flwr_run) must not find it
+        # still answering and take it for a running SuperLink to keep.
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
