@@ -48,6 +48,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when missing, unreadable or not an object (a run
+    still being written, or killed mid-write)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class RunStore:
     def __init__(self, output_dir: str, run_name: str) -> None:
         self.path = Path(output_dir).expanduser() / run_name
@@ -72,11 +82,7 @@ class RunStore:
 
     def read_json(self, name: str) -> dict[str, Any]:
         """A JSON file of the run as a dict; empty when missing or unreadable."""
-        try:
-            data = json.loads((self.path / name).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.path / name)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         with open(self.path / name, "a") as f:

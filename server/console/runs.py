@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.run_store import read_json_object
+
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 RUN_FILES = ("config.json", "metrics.jsonl", "events.jsonl", "summary.json", "samples.png", "final_model.pt")
 COMPARE_FILES = ("results.csv", "report.md", "accuracy_per_round.png", "privacy_utility.png", "gallery.png")
@@ -76,14 +78,6 @@ def read_jsonl(path: Path) -> JsonLines:
     return result
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -97,11 +91,11 @@ class RunFolder:
 
     @property
     def config(self) -> dict[str, Any]:
-        return read_json(self.path / "config.json")
+        return read_json_object(self.path / "config.json")
 
     @property
     def summary(self) -> dict[str, Any]:
-        return read_json(self.path / "summary.json")
+        return read_json_object(self.path / "summary.json")
 
     def metrics(self) -> JsonLines:
         return read_jsonl(self.path / "metrics.jsonl")
