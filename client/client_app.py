@@ -29,13 +29,33 @@ from __future__ import annotations
 import io
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import logging
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from client.node import EvaluationSet, Node, obfuscation_cost
+from common.data import DataError
 from common.dp import PrivacyLedger
 
-app = ClientApp()
+log = logging.getLogger("flwr")
+
+
+def data_errors_as_replies(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """A node whose data cannot be read (missing folder, no readable image) answers every
+    message with that reason in one line, and logs that line, instead of a traceback:
+    the node stays up and both its operator and the server's see why it never contributes."""
+    try:
+        return call_next(msg, context)
+    except DataError as err:
+        reason = f"node data: {err}"
+        log.error("%s", reason)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+app = ClientApp(mods=[data_errors_as_replies])
 SPLIT_BATCH = "split-batch"
 EVAL_SET = "eval-set"
 EVAL_CACHE_BYTES = 16 * 2**20  # context.state travels with every message in deployment

@@ -72,3 +72,35 @@ def test_bad_images_is_a_checked_run_config_key():
     assert parse_run_config({}).bad_images == "skip"
     with pytest.raises(ConfigError, match="bad-images='ignore' is not one of: skip, fail"):
         parse_run_config({"bad-images": "ignore"})
+
+
+def test_a_node_with_a_missing_folder_says_why_in_one_line_and_the_others_go_on(folder, tmp_path, caplog):
+    """The node stays up; every message gets the reason as an error reply (no traceback),
+    its log has that line, and the server records it as the node's failure."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from server.messaging import RunFailed
+    from server.server_app import main as server_main
+    from tests.fake_grid import FakeGrid
+    from tests.test_flower_apps import FAST
+
+    config = {**FAST, "dataset": "folder", "data-dir": str(folder), "output-dir": str(tmp_path / "out"),
+              "run-name": "missing", "num-server-rounds": 1, "min-replies": 1}
+    grid = FakeGrid(config, num_nodes=3)
+    grid.contexts[3].node_config["data-dir"] = str(tmp_path / "no-such-folder")
+    with caplog.at_level(logging.ERROR, logger="flwr"):
+        try:
+            server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+        except RunFailed:
+            pass
+    failed = [r for _, _, r in grid.log if r is not None and r.has_error()]
+    assert failed and all(r.error.reason.startswith("node data: ") and "no-such-folder" in r.error.reason
+                          and "\n" not in r.error.reason for r in failed)
+    node_lines = [r for r in caplog.records if r.message.startswith("node data: ")]
+    assert node_lines and all(r.exc_info is None for r in node_lines)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "missing" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["status"] == "completed" and rows[0]["replies"] == 2
+    events = [json.loads(line) for line in (tmp_path / "out" / "missing" / "events.jsonl").read_text().splitlines()]
+    assert any(e["outcome"] == "failed" and e["node"] == "3" and "no-such-folder" in e["reason"] for e in events)
