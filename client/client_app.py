@@ -5,7 +5,8 @@ Message types (the server drives every round):
 * ``train``                   weights exchange: local training on obfuscated images -> weights
 * ``query.images``            images exchange: a sample of obfuscated images and labels
 * ``query.activations``       split learning: client layers' activations of obfuscated images
-* ``train.apply_gradients``   split learning: the gradient at the cut -> update client layers
+* ``train.apply_gradients``   split learning: the gradient at the cut -> update client layers,
+                              reply with them
 * ``evaluate``                federated evaluation on the client's held-out split
 
 Under DP-SGD each node's privacy ledger (every step's noise multiplier and sample rate) is
@@ -105,7 +106,9 @@ def apply_gradients(msg: Message, context: Context) -> Message:
     )
     _save(context, client_part, optimizer)
     _save_ledger(context, ledger)
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    # The layers after the step go up too: the server keeps their mean for nodes that lose theirs.
+    arrays = ArrayRecord({k: v.detach().cpu() for k, v in client_part.state_dict().items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 @app.evaluate()

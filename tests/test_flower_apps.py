@@ -91,6 +91,27 @@ def test_split_learning_keeps_client_layers_in_context_state(tmp_path):
     assert all(r["gradients-applied"] == 2 for r in rows)
 
 
+def test_split_learning_resume_sends_the_last_mean_client_layers_to_nodes_that_lost_theirs(tmp_path):
+    """The server keeps the examples-weighted mean of the layers the nodes acknowledge with,
+    checkpoints it, and a resumed run (new nodes, empty state) starts from it, not round 0."""
+    first, _, _, folder = run(tmp_path, "split-resume", exchange="activations", **{"num-server-rounds": 2})
+    initial = first.sent[0].content["arrays"].to_torch_state_dict()
+    acks = [r for r in first.received if r.metadata.message_type == "train.apply_gradients"][-2:]  # round 2
+    layers = [a.content["arrays"].to_torch_state_dict() for a in acks]
+    counts = [int(a.content["metrics"]["num-examples"]) for a in acks]
+    expected = {k: sum(l[k].double() * n for l, n in zip(layers, counts)) / sum(counts) for k in layers[0]}
+    checkpoint = torch.load(folder / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.allclose(checkpoint[k].double(), expected[k], atol=1e-6) for k in expected)
+    assert any(not torch.equal(checkpoint[k], initial[k]) for k in initial)
+
+    second, rows, _, _ = run(tmp_path, "split-resume", exchange="activations", **{"num-server-rounds": 3})
+    sent = [m for m in second.sent if m.metadata.message_type == "query.activations"]
+    assert {int(m.content["config"]["server-round"]) for m in sent} == {3}
+    down = sent[0].content["arrays"].to_torch_state_dict()
+    assert all(torch.equal(down[k], checkpoint[k]) for k in down)
+    assert [r["round"] for r in rows] == [1, 2, 3] and rows[-1]["gradients-applied"] == 2
+
+
 def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path):
     """The backward pass trains on exactly the obfuscated batch the server saw activations
     of: the one kept in context.state, or (when a node lost it) the same seeded redraw."""

@@ -1,6 +1,14 @@
 """``activations`` (split learning, Flower's vertical-fl pattern): nodes send the client
 layers' activations of obfuscated images (``query.activations``); the server trains its
-layers and sends each node the gradient at the cut (``train.apply_gradients``)."""
+layers and sends each node the gradient at the cut (``train.apply_gradients``).
+
+Each node trains its own copy of the client layers and keeps it across rounds. Its
+acknowledgement of the gradient carries that copy after the step, and the server keeps
+their mean (weighted by examples, as SplitFed does): it is checkpointed with the top and
+sent down every round, so a node that lost its state (restarted, a resumed run, a new
+node) starts from the federation's current layers, not from round 0. A node that holds
+its own layers keeps them. The upload adds little to what the activations already show
+the server (the client layers are a few convolutions, and the server knows their start)."""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from common.payloads import PayloadError, check_activations
+from common.payloads import PayloadError, check_activations, check_weights
 from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, reply_arrays
@@ -64,11 +72,15 @@ class ActivationsExchange(Exchange):
             for (reply, _), grad in zip(kept, gradient.split(sizes), strict=True)
         ]
         acks = messenger.send_and_collect(downs)
+        reference = self.trainer.state_dict(self.trainer.client_part)
         acked = messenger.accept(
-            acks, lambda ack: self.checked_metrics(ack, "train.apply_gradients", arrays=False),
-            "gradient acknowledgement", required=False,
+            acks, lambda ack: self._acknowledgement(ack, reference), "gradient acknowledgement", required=False,
         )
-        ack_metrics = [(ack.metadata.src_node_id, m) for ack, m in acked]
+        if acked:
+            self.trainer.client_part.load_state_dict(
+                mean_state([(layers, int(m["num-examples"])) for _, (m, layers) in acked])
+            )
+        ack_metrics = [(ack.metadata.src_node_id, m) for ack, (m, _) in acked]
         applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
         row = client_train_metrics([m for _, (_, _, m) in kept])
         return {
@@ -76,6 +88,27 @@ class ActivationsExchange(Exchange):
             "gradients-applied": applied, **privacy_metrics(ack_metrics),
         }
 
+    def _acknowledgement(
+        self, ack: Message, reference: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(metrics, the node's client layers after the step), checked like a weights reply."""
+        metrics = self.checked_metrics(ack, "train.apply_gradients", arrays=True)
+        layers = reply_arrays(ack)
+        check_weights(layers, reference, self.config.max_abs_value)
+        return metrics, layers
+
     def evaluation_arrays(self) -> ArrayRecord:
         """Nodes keep their own client layers; they need the server's part only."""
         return ArrayRecord(self.trainer.state_dict(self.trainer.server_part))
+
+
+def mean_state(states: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """The examples-weighted mean of state dicts with the same keys: floating tensors
+    averaged, integer ones (counters) taken from the first."""
+    total = sum(weight for _, weight in states)
+    first = states[0][0]
+    return {
+        key: sum(state[key].double() * (weight / total) for state, weight in states).to(value.dtype)
+        if value.is_floating_point() else value
+        for key, value in first.items()
+    }
