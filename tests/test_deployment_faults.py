@@ -1,6 +1,7 @@
 """Faults an operator meets, on real flower-superlink and flower-supernode processes on
-127.0.0.1 (marked `deployment`): a SuperNode killed mid-run and started again, the
-SuperLink killed and restarted with its database, and TLS with SuperNode authentication
+127.0.0.1 (marked `deployment`): a SuperNode killed mid-run and started again, a SuperNode
+stalled past the round timeout and then resumed, the SuperLink killed and restarted with
+its database, and TLS with SuperNode authentication
 (a registered node takes part; an unregistered one, one without a key and one without the
 CA do not)."""
 
@@ -71,6 +72,14 @@ class Federation:
             pass
         process.wait(timeout=30)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP the process and its children: a device that has stalled (swapping, a
+        saturated link) and answers nothing until :meth:`resume`."""
+        os.killpg(self.procs[name].pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        os.killpg(self.procs[name].pid, signal.SIGCONT)
+
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.kill(name)
@@ -135,6 +144,27 @@ def test_a_supernode_killed_mid_run_is_logged_and_one_that_comes_back_takes_part
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     lost = [e for e in events if e["outcome"] in ("failed", "silent")]
     assert lost and all(e["node"] != "0" and e["node"] != "1" for e in lost)  # named by its own id
+
+
+def test_a_node_slower_than_the_round_timeout_is_left_out_and_takes_part_when_it_catches_up(federation, tmp_path):
+    fed = federation
+    fed.start_superlink()
+    for i in range(3):
+        fed.start_supernode(f"node{i}", i, 3)
+    output = tmp_path / "runs"
+    run_id = fed.run(output, "slow", "num-server-rounds=6 min-replies=1 round-timeout=45")
+    folder = output / "slow"
+    wait_for_round(folder, 1)
+    fed.pause("node2")
+    wait_for_round(folder, 3)  # two rounds end at the timeout without it
+    fed.resume("node2")
+    assert fed.wait_finished(run_id, timeout=900) == "finished:completed", flwr(fed.env, "log", run_id, "fed", "--show")[-3000:]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(r["status"] == "completed" for r in rows)
+    assert rows[0]["replies"] == 3 and rows[1]["replies"] == 2  # round 2 went on without it
+    assert rows[-1]["replies"] == 3  # it caught up and takes part again
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    assert any(e["round"] == 2 and e["outcome"] == "silent" for e in events)
 
 
 def test_a_restarted_superlink_with_its_database_resumes_the_run_with_no_round_lost(federation, tmp_path):
