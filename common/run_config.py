@@ -74,6 +74,7 @@ class RunConfig:
     cut_layer: int
     target_vfe: float
     region_size: int
+    region_scope: int
     strategy: str
     min_replies: int
     round_timeout: float
@@ -100,8 +101,8 @@ class RunConfig:
         return "dp-sgd" in self.defense.split("+")
 
     def visualmixer(self, seed: int | None = None) -> VisualMixer:
-        """The transform this run's ``target-vfe`` and ``region-size`` describe."""
-        return VisualMixer(self.target_vfe, region_size=self.region_size, seed=seed)
+        """The transform this run's ``target-vfe``, ``region-size`` and ``region-scope`` describe."""
+        return VisualMixer(self.target_vfe, region_size=self.region_size, region_scope=self.region_scope, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         """The config with Flower's dashed key names."""
@@ -177,6 +178,12 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             f"run-config region-size={region_size} must be a power of two that divides the "
             "32x32 images: 2, 4, 8, 16 or 32"
         )
+    region_scope = _number("region-scope", value("region-scope"), int, 0)
+    if region_scope > 1 and (32 // region_size) % region_scope:
+        raise ConfigError(
+            f"run-config region-scope={region_scope} must divide the {32 // region_size}x{32 // region_size} "
+            f"grid of regions (region-size={region_size}), or be 0 (anywhere) or 1 (in place)"
+        )
     run_name = _text("run-name", value("run-name"))
     if "/" in run_name or run_name in (".", ".."):
         raise ConfigError(f"run-config run-name={run_name!r} must be a plain folder name")
@@ -205,6 +212,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         cut_layer=_number("cut-layer", value("cut-layer"), int, 1, num_stages(model) - 1),
         target_vfe=_number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
         region_size=region_size,
+        region_scope=region_scope,
         strategy=_choice("strategy", value("strategy"), STRATEGIES),
         min_replies=_number("min-replies", value("min-replies"), int, 1),
         round_timeout=_number("round-timeout", value("round-timeout"), float, 1.0),

@@ -374,6 +374,11 @@ def test_run_config_choices_come_from_the_registries():
             parse_run_config({key: "nope"})
 
 
+def test_region_scope_reaches_the_transform_the_nodes_use():
+    config = parse_run_config({"region-scope": 2, "region-size": 4})
+    assert config.visualmixer().region_scope == 2 and config.learning_keys()["region-scope"] == 2
+
+
 @pytest.mark.parametrize(
     "key, value, match",
     [
@@ -385,6 +390,8 @@ def test_run_config_choices_come_from_the_registries():
         ("region-size", 6, "region-size=6 must be a power of two"),
         ("region-size", 64, "region-size=64 must be a power of two that divides"),
         ("target-vfe", 2.0, "target-vfe=2.0 must be in"),
+        ("region-scope", 3, "region-scope=3 must divide the 4x4 grid of regions (region-size=8)"),
+        ("region-scope", -1, "region-scope=-1 must be >= 0"),
         ("device", "tpu", "device='tpu' is not one of"),
         ("run-name", "../x", "run-name='../x' must be a plain folder name"),
     ],
