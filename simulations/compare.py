@@ -55,6 +55,10 @@ class Preset:
     learning_rate: float
     attack_victims: int  # test images every attack is scored on
     recogniser_steps: int
+    recogniser_augment: bool  # flips and shifts: the clean recogniser at full strength
+    adaptive_steps: int  # each adaptive recogniser (mosaic-trained, obfuscation-trained)
+    statistics_steps: int  # each region-statistics classifier (an MLP: cheap)
+    linkage_pool: int  # candidate originals the linkage attacker searches (the true one included)
     inverse_steps: int
     decoder_steps: int
     inversion_steps: int
@@ -73,15 +77,27 @@ PRESETS = {
     "quick": Preset(
         clients=2, rounds=3, victim_train=4000, test=1000, public=5000, local_steps=30,
         batch_size=32, upload_samples=512, server_steps=40, learning_rate=0.002,
-        attack_victims=256, recogniser_steps=400, inverse_steps=120, decoder_steps=120,
+        attack_victims=256, recogniser_steps=1000, recogniser_augment=True, adaptive_steps=300,
+        statistics_steps=1500, linkage_pool=1000, inverse_steps=120, decoder_steps=120,
         inversion_steps=120, inversion_batches=4, inversion_batch_size=1, network_width=16,
         arm_timeout=300, parallel_runs=3, ray_cpus=1,
+    ),
+    # 2 CPU cores, about 2 hours, for the arms that matter (--defenses): longer training on
+    # all victims' images and a recogniser strong enough that its figures mean something.
+    "standard": Preset(
+        clients=2, rounds=12, victim_train=0, test=2000, public=20000, local_steps=150,
+        batch_size=64, upload_samples=2048, server_steps=250, learning_rate=0.002,
+        attack_victims=500, recogniser_steps=6000, recogniser_augment=True, adaptive_steps=1500,
+        statistics_steps=3000, linkage_pool=1000, inverse_steps=400, decoder_steps=400,
+        inversion_steps=200, inversion_batches=8, inversion_batch_size=1, network_width=16,
+        arm_timeout=5400, parallel_runs=2, ray_cpus=1,
     ),
     # A GPU or a long run.
     "full": Preset(
         clients=4, rounds=20, victim_train=0, test=0, public=10000, local_steps=100,
         batch_size=64, upload_samples=1024, server_steps=100, learning_rate=0.002,
-        attack_victims=1000, recogniser_steps=8000, inverse_steps=4000, decoder_steps=4000,
+        attack_victims=1000, recogniser_steps=8000, recogniser_augment=True, adaptive_steps=4000,
+        statistics_steps=4000, linkage_pool=1000, inverse_steps=4000, decoder_steps=4000,
         inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, network_width=32,
         arm_timeout=7200, parallel_runs=1, ray_cpus=0,
     ),
@@ -94,12 +110,18 @@ class Arm:
     defense: str  # the app's run-config value
     target_vfe: float | None = None
     epsilon: float | None = None
+    region_size: int = 8
+    region_scope: int = 1
 
     @property
     def setting(self) -> str:
         parts = []
         if self.target_vfe is not None:
             parts.append(f"vfe{self.target_vfe:g}")
+            if self.region_scope != 1:
+                parts.append(f"scope{self.region_scope}")
+            if self.region_size != 8:
+                parts.append(f"r{self.region_size}")
         if self.epsilon is not None:
             parts.append(f"eps{self.epsilon:g}")
         return "+".join(parts) or "-"
@@ -115,18 +137,29 @@ class Arm:
         return f"{self.exchange}-{self.label}"
 
 
+# The project's own protection beyond the paper: regions moved within 2x2 groups or
+# anywhere, and a finer region grid; in the images exchange, where the mosaic is exposed.
+SCOPE_ARMS = (
+    Arm("images", "visualmixer", target_vfe=0.8, region_scope=2),
+    Arm("images", "visualmixer", target_vfe=0.8, region_scope=0),
+    Arm("images", "visualmixer", target_vfe=0.8, region_size=4),
+)
+
+
 def matrix() -> list[Arm]:
     """Every valid (exchange, defense, setting) arm; dp-sgd never with images."""
     defenses = [Arm("", "none")]
     defenses += [Arm("", "visualmixer", target_vfe=t) for t in TARGETS]
     defenses += [Arm("", "dp-sgd", epsilon=e) for e in EPSILONS]
     defenses += [Arm("", "visualmixer+dp-sgd", target_vfe=0.8, epsilon=8.0)]
-    return [
+    arms = [
         replace(d, exchange=x)
         for x in EXCHANGES
         for d in defenses
         if not (x == "images" and "dp-sgd" in d.defense)
     ]
+    last_images = max(i for i, a in enumerate(arms) if a.exchange == "images")
+    return arms[: last_images + 1] + list(SCOPE_ARMS) + arms[last_images + 1 :]
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -204,6 +237,7 @@ def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> s
         "output-dir": str(runs), "run-name": arm.name,
         "target-vfe": arm.target_vfe if arm.target_vfe is not None else 0.8,
         "target-epsilon": arm.epsilon if arm.epsilon is not None else 8.0,
+        "region-size": arm.region_size, "region-scope": arm.region_scope,
     }
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
 
@@ -294,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(preset, rounds=args.rounds)
     if args.attack_scale != 1.0:
         scaled = {k: max(1, int(getattr(preset, k) * args.attack_scale))
-                  for k in ("recogniser_steps", "inverse_steps", "decoder_steps", "inversion_steps")}
+                  for k in ("recogniser_steps", "adaptive_steps", "statistics_steps", "inverse_steps",
+                            "decoder_steps", "inversion_steps")}
         preset = replace(preset, **scaled)
     exchanges = [x for x in args.exchanges.split(",") if x]
     unknown = sorted(set(exchanges) - set(EXCHANGES))

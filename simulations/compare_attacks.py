@@ -9,11 +9,21 @@ What each exchange mode exposes, and what is run on it:
 * ``weights``: one client update from the trained global model -> Inverting Gradients;
   for VisualMixer its output is then fed to the mosaic and inverse network (two stage).
 
+In the ``images`` exchange the attackers who know VisualMixer and its settings (adaptive)
+also run: a recogniser trained on mosaics of public images, classifiers on region
+statistics that no in-region shuffle changes (trained on clean public images, and on
+public images obfuscated alike), a recogniser trained on obfuscated public images, and
+linkage of each obfuscated image to its original in a pool of candidates.
+
 Every reconstruction is scored against the originals (PSNR, SSIM, VFE) and labelled by a
-recogniser trained on clean public images. The *best attack* is the one whose output the
-recogniser labels best, among attacks scored on at least ``MIN_RANKED_IMAGES`` images (a
-rate over four gradient-inversion images moves in steps of 0.25); the margin is the arm's
-test accuracy minus that, and is left empty when no attack qualifies.
+recogniser trained on clean public images (augmented, cached by its data and settings);
+the classifier attacks give their own labels. The *best attack* is the one that labels
+the victims best, among attacks scored on at least ``MIN_RANKED_IMAGES`` images (a rate
+over four gradient-inversion images moves in steps of 0.25), found twice: among the
+non-adaptive attacks (:data:`NON_ADAPTIVE`: a person or an off-the-shelf model) and among
+all of them. The margin is the arm's test accuracy minus that rate, left empty when no
+attack qualifies. The floor is what global colour alone tells (a statistics classifier
+on the whole image as one region): no in-image shuffle or move can change it.
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ import torch
 from tqdm import tqdm
 
 from common.attacks import (
+    cached_recogniser,
     client_update,
     invert_gradients,
+    link_originals,
     match,
     mosaic_attack,
     recognition_accuracy,
@@ -36,7 +48,9 @@ from common.attacks import (
     score,
     train_feature_decoder,
     train_inverse_network,
-    train_recogniser,
+    train_mosaic_recogniser,
+    train_obfuscation_recogniser,
+    train_statistics_classifier,
 )
 from common.attacks.metrics import as_unit
 from common.data import ImageSet, load_dataset
@@ -44,9 +58,11 @@ from common.models import build_model, split_model
 from common.training import evaluate, resolve_device
 from common.visualmixer import VisualMixer
 
-REGION_SIZE = 8
 # Fewest images an attack must be scored on for its recognition rate to pick the best attack.
 MIN_RANKED_IMAGES = 32
+# What a person, or a model trained on ordinary images, does with what it is given. Every
+# other attack knows the algorithm and its settings (adaptive).
+NON_ADAPTIVE = frozenset({"observed", "mosaic", "gradient-inversion", "gi+mosaic"})
 
 
 def _rows(out: Path, name: str) -> list[dict]:
@@ -56,8 +72,15 @@ def _rows(out: Path, name: str) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("status") == "completed"]
 
 
-def _mixer(target: float | None, seed: int):
-    return None if target is None else VisualMixer(target, region_size=REGION_SIZE, seed=seed)
+def _mixer(arm, seed: int | None):
+    """The arm's transform (None without VisualMixer); ``seed=None`` for fresh randomness."""
+    if arm.target_vfe is None:
+        return None
+    return VisualMixer(arm.target_vfe, region_size=arm.region_size, region_scope=arm.region_scope, seed=seed)
+
+
+def _setting(arm) -> tuple:
+    return (arm.target_vfe, arm.region_size, arm.region_scope)
 
 
 def _distinct_label_batches(labels: torch.Tensor, count: int, size: int) -> list[torch.Tensor]:
@@ -77,40 +100,80 @@ def _distinct_label_batches(labels: torch.Tensor, count: int, size: int) -> list
 
 
 class AttackStage:
-    def __init__(self, preset, data: Path, public: ImageSet, seed: int) -> None:
+    def __init__(self, preset, data: Path, public: ImageSet, seed: int, cache: Path) -> None:
         self.preset, self.public, self.seed = preset, public, seed
         self.device = resolve_device("auto")
         test = load_dataset("folder", "test", data)
         # A seeded random sample: the folder is sorted by class, so its first images are not.
         pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
         self.victims = test.subset(pick[: preset.attack_victims])
+        # Linkage candidates: the victims' originals first (index i for victim i), then
+        # other test images, then public ones, up to the pool size.
+        others = torch.cat([test.images[pick[preset.attack_victims :]], public.images])
+        self.candidates = torch.cat([self.victims.images, others])[: max(preset.linkage_pool, len(self.victims))]
         self.num_classes = test.num_classes
-        tqdm.write(f"[attacks] recogniser: {preset.recogniser_steps} steps on {len(public)} clean public images")
-        self.recogniser = train_recogniser(
-            public.images, public.labels, self.num_classes, steps=preset.recogniser_steps, device=self.device, seed=seed
-        ).cpu()
+        tqdm.write(f"[attacks] recogniser: {preset.recogniser_steps} steps on {len(public)} clean public images"
+                   + (" (augmented)" if preset.recogniser_augment else ""))
+        self.recogniser, reused = cached_recogniser(
+            cache, public.images, public.labels, self.num_classes, steps=preset.recogniser_steps,
+            augment=preset.recogniser_augment, device=self.device, seed=seed,
+        )
+        if reused:
+            tqdm.write(f"[attacks] recogniser reused from {cache}")
         self.recogniser_clean = recognition_accuracy(self.recogniser, self.victims.images, self.victims.labels)
-        self._inverse: dict[float, torch.nn.Module] = {}
+        tqdm.write(f"[attacks] recogniser on clean test images: {self.recogniser_clean:.3f}")
+        floor = train_statistics_classifier(
+            public.images, public.labels, self.num_classes, region_size=public.images.shape[-1],
+            steps=preset.statistics_steps, seed=seed,
+        )
+        self.floor = recognition_accuracy(floor, self.victims.images, self.victims.labels)
+        self._inverse: dict[tuple, torch.nn.Module] = {}
         self._decoders: dict[tuple, torch.nn.Module] = {}
+        self._adaptive: dict[tuple, torch.nn.Module] = {}
 
-    def inverse_net(self, target: float) -> torch.nn.Module:
-        if target not in self._inverse:
-            self._inverse[target] = train_inverse_network(
-                self.public.images, VisualMixer(target, region_size=REGION_SIZE),
+    def inverse_net(self, arm) -> torch.nn.Module:
+        """The learned inverse for the arm's settings, scope included (the attacker knows them)."""
+        key = _setting(arm)
+        if key not in self._inverse:
+            self._inverse[key] = train_inverse_network(
+                self.public.images, _mixer(arm, None),
                 steps=self.preset.inverse_steps, device=self.device, seed=self.seed,
                 width=self.preset.network_width,
             ).cpu()
-        return self._inverse[target]
+        return self._inverse[key]
 
-    def decoder(self, client_layers: torch.nn.Module, target: float | None) -> torch.nn.Module:
-        key = (target, float(sum(p.detach().double().sum() for p in client_layers.parameters())))
+    def decoder(self, client_layers: torch.nn.Module, arm) -> torch.nn.Module:
+        key = (_setting(arm), float(sum(p.detach().double().sum() for p in client_layers.parameters())))
         if key not in self._decoders:
-            mixer = None if target is None else VisualMixer(target, region_size=REGION_SIZE)
             self._decoders[key] = train_feature_decoder(
-                client_layers, self.public.images, mixer, steps=self.preset.decoder_steps,
+                client_layers, self.public.images, _mixer(arm, None), steps=self.preset.decoder_steps,
                 device=self.device, seed=self.seed, width=self.preset.network_width,
             ).cpu()
         return self._decoders[key]
+
+    def adaptive(self, kind: str, arm) -> torch.nn.Module:
+        """One adaptive attacker per kind and setting, trained on the attacker's public images."""
+        key = (kind, _setting(arm))
+        if key in self._adaptive:
+            return self._adaptive[key]
+        public, p = self.public, self.preset
+        common = {"steps": p.adaptive_steps, "device": self.device, "seed": self.seed}
+
+        def obfuscate(images: torch.Tensor, seed: int) -> torch.Tensor:
+            return _mixer(arm, self.seed + seed)(images)
+
+        if kind == "mosaic-trained":
+            net = train_mosaic_recogniser(public.images, public.labels, self.num_classes, arm.region_size, **common)
+        elif kind == "obfuscation-trained":
+            net = train_obfuscation_recogniser(public.images, public.labels, self.num_classes, obfuscate, **common)
+        else:  # statistics (clean public images) or statistics-obf (public images obfuscated alike)
+            images = public.images if kind == "statistics" or arm.target_vfe is None else obfuscate(public.images, 20_000)
+            net = train_statistics_classifier(
+                images, public.labels, self.num_classes, region_size=arm.region_size,
+                region_scope=1 if kind == "statistics" else arm.region_scope, steps=p.statistics_steps, seed=self.seed,
+            )
+        self._adaptive[key] = net.cpu().eval()
+        return self._adaptive[key]
 
     def model(self, out: Path, name: str) -> torch.nn.Sequential:
         model = build_model("small-cnn", self.victims.images.shape[1], self.num_classes)
@@ -118,29 +181,34 @@ class AttackStage:
         return model.eval()
 
     # -- per exchange ---------------------------------------------------------------------------
-    def images_attacks(self, arm) -> dict[str, tuple]:
+    def images_attacks(self, arm) -> tuple[dict[str, tuple], dict[str, tuple[float, int]], float]:
+        """(reconstructions, classifier attacks' (accuracy, images), linkage rate)."""
         x, y = self.victims.images, self.victims.labels
-        mixer = _mixer(arm.target_vfe, self.seed)
+        mixer = _mixer(arm, self.seed)
         observed = mixer(x) if mixer is not None else x
         found = {"observed": (as_unit(observed), x, y)}
         if mixer is not None:
-            found["mosaic"] = (mosaic_attack(observed, REGION_SIZE), x, y)
+            found["mosaic"] = (mosaic_attack(observed, arm.region_size), x, y)
             with torch.no_grad():
-                found["inverse-net"] = (self.inverse_net(arm.target_vfe)(as_unit(observed)), x, y)
-        return found
+                found["inverse-net"] = (self.inverse_net(arm)(as_unit(observed)), x, y)
+        kinds = ("statistics", "statistics-obf", "mosaic-trained", "obfuscation-trained") if mixer is not None else ("statistics",)
+        classified = {kind: (recognition_accuracy(self.adaptive(kind, arm), observed, y), len(y)) for kind in kinds}
+        pool = self.candidates
+        linked = link_originals(observed, pool, arm.region_size, region_scope=arm.region_scope)
+        return found, classified, float((linked == torch.arange(len(y))).float().mean())
 
     def activations_attacks(self, arm, model) -> dict[str, tuple]:
         x, y = self.victims.images, self.victims.labels
         client_layers, _ = split_model(model, 1)
-        mixer = _mixer(arm.target_vfe, self.seed)
-        decoder = self.decoder(client_layers, arm.target_vfe)
+        mixer = _mixer(arm, self.seed)
+        decoder = self.decoder(client_layers, arm)
         with torch.no_grad():
             activations = client_layers(as_unit(mixer(x) if mixer is not None else x))
             return {"feature-inversion": (decoder(activations), x, y)}
 
     def weights_attacks(self, arm, model, sigma: float | None) -> dict[str, tuple]:
         batches = _distinct_label_batches(self.victims.labels, self.preset.inversion_batches, self.preset.inversion_batch_size)
-        mixer = _mixer(arm.target_vfe, self.seed)
+        mixer = _mixer(arm, self.seed)
         dp = None if arm.epsilon is None else (sigma, 1.0)
         recs, xs, ys = [], [], []
         for index in batches:
@@ -154,9 +222,9 @@ class AttackStage:
         rec, x, y = torch.cat(recs), torch.cat(xs), torch.cat(ys)
         found = {"gradient-inversion": (rec, x, y)}
         if mixer is not None:  # two stage: decode the recovered (obfuscated) batch
-            found["gi+mosaic"] = (mosaic_attack(rec, REGION_SIZE), x, y)
+            found["gi+mosaic"] = (mosaic_attack(rec, arm.region_size), x, y)
             with torch.no_grad():
-                found["gi+inverse-net"] = (self.inverse_net(arm.target_vfe)(rec), x, y)
+                found["gi+inverse-net"] = (self.inverse_net(arm)(rec), x, y)
         return found
 
 
@@ -187,10 +255,11 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
 
     ``status_of(arm name)`` returns the arm's training status (it may block until known).
     """
-    stage = AttackStage(preset, data, public, seed)
-    for target in sorted({a.target_vfe for a in arms if a.target_vfe is not None and a.exchange != "activations"}):
-        tqdm.write(f"[attacks] inverse network for target VFE {target:g}: {preset.inverse_steps} steps")
-        stage.inverse_net(target)  # before the first run ends: nothing else to do yet
+    stage = AttackStage(preset, data, public, seed, out / "cache")
+    for arm in arms:
+        if arm.target_vfe is not None and arm.exchange != "activations" and _setting(arm) not in stage._inverse:
+            tqdm.write(f"[attacks] inverse network for {arm.setting}: {preset.inverse_steps} steps")
+            stage.inverse_net(arm)  # before the first run ends: nothing else to do yet
     rows, curves, gallery = [], {}, {}
     for arm in arms:
         status = status_of(arm.name)
@@ -210,37 +279,37 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
         row["seconds_per_round"] = sum(r["seconds"] for r in history) / len(history)
         row["bytes_per_round"] = sum(r["bytes-up"] + r["bytes-down"] for r in history) / len(history)
         model = stage.model(out, arm.name)
+        classified: dict[str, tuple[float, int]] = {}
         if arm.exchange == "activations":
             # The server holds only the top: its accuracy is the clients' federated evaluation.
             row["test_accuracy"], row["accuracy_source"] = last.get("federated-accuracy"), "federated held-out"
             found = stage.activations_attacks(arm, model)
         else:
-            mixer = _mixer(arm.target_vfe, seed + 1)
-            row["test_accuracy"], _ = evaluate(model, stage.victims.images, stage.victims.labels, mixer)
+            row["test_accuracy"], _ = evaluate(model, stage.victims.images, stage.victims.labels, _mixer(arm, seed + 1))
             row["accuracy_source"] = "attack test images"
             if arm.exchange == "images":
-                found = stage.images_attacks(arm)
+                found, classified, row["linkage"] = stage.images_attacks(arm)
             else:
                 found = stage.weights_attacks(arm, model, last.get("noise-multiplier-min"))
-        best = None
+        rates: dict[str, tuple[float, int]] = dict(classified)
         for attack, (rec, originals, labels) in found.items():
-            scores = score(rec, originals, REGION_SIZE)
-            accuracy = recognition_accuracy(stage.recogniser, rec, labels)
-            row.update({f"{attack}_psnr": scores["psnr"], f"{attack}_ssim": scores["ssim"],
-                        f"{attack}_vfe": scores["vfe"], f"{attack}_recognition": accuracy,
-                        f"{attack}_images": len(labels)})
-            if len(labels) < MIN_RANKED_IMAGES:
-                continue  # a recognition rate over a handful of images cannot rank attacks
-            if best is None or accuracy > row["best_attack_recognition"]:
-                best = attack
-                row["best_attack"], row["best_attack_recognition"] = attack, accuracy
-                row["best_attack_psnr"] = scores["psnr"]
-        if best is not None:
-            row["margin"] = row["test_accuracy"] - row["best_attack_recognition"]
+            scores = score(rec, originals, arm.region_size)
+            rates[attack] = (recognition_accuracy(stage.recogniser, rec, labels), len(labels))
+            row.update({f"{attack}_psnr": scores["psnr"], f"{attack}_ssim": scores["ssim"], f"{attack}_vfe": scores["vfe"]})
+        for attack, (accuracy, count) in rates.items():
+            row[f"{attack}_recognition"], row[f"{attack}_images"] = accuracy, count
+        for prefix, allowed in (("", NON_ADAPTIVE), ("adaptive_", None)):
+            ranked = {a: r for a, (r, n) in rates.items() if n >= MIN_RANKED_IMAGES and (allowed is None or a in allowed)}
+            if ranked:
+                best = max(ranked, key=ranked.get)
+                row[f"best_{prefix}attack"], row[f"best_{prefix}attack_recognition"] = best, ranked[best]
+                row[f"best_{prefix}attack_psnr"] = row.get(f"{best}_psnr")
+                row[f"{prefix}margin"] = row["test_accuracy"] - ranked[best]
         tqdm.write(
             f"[attacks] {arm.name}: test accuracy {row['test_accuracy']:.3f}, "
-            + (f"best attack {best} recognised {row['best_attack_recognition']:.3f}, margin {row['margin']:+.3f}"
-               if best else f"no attack scored on {MIN_RANKED_IMAGES}+ images, no margin")
+            + (f"best attack {row['best_attack']} {row['best_attack_recognition']:.3f}, "
+               f"best adaptive {row['best_adaptive_attack']} {row['best_adaptive_attack_recognition']:.3f}"
+               if "best_adaptive_attack" in row else f"no attack scored on {MIN_RANKED_IMAGES}+ images, no margin")
         )
         first = next(iter(found.values()))
         gallery[arm.name] = [("original", as_unit(first[1][:1]))] + [(k, v[0][:1]) for k, v in found.items()]
@@ -251,6 +320,6 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
             row["accuracy_loss"] = base["test_accuracy"] - row["test_accuracy"]
     return {
         "rows": rows, "curves": curves, "gallery": gallery,
-        "recogniser_clean": stage.recogniser_clean, "victims": len(stage.victims),
-        "num_classes": stage.num_classes,
+        "recogniser_clean": stage.recogniser_clean, "floor": stage.floor, "victims": len(stage.victims),
+        "candidates": len(stage.candidates), "num_classes": stage.num_classes,
     }

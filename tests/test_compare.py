@@ -15,7 +15,7 @@ from tests.test_deployment import ROOT
 
 def test_matrix_covers_every_defense_per_exchange_but_never_dp_with_images():
     arms = matrix()
-    assert len(arms) == 4 + 8 + 8
+    assert len(arms) == 4 + 3 + 8 + 8  # images: none, 3 targets, 2 scopes and a finer grid
     assert not any(a.exchange == "images" and "dp-sgd" in a.defense for a in arms)
     for exchange in ("activations", "weights"):
         labels = {a.label for a in arms if a.exchange == exchange}
@@ -65,3 +65,57 @@ def test_reduced_compare_writes_every_output(simulation_env, tmp_path):  # noqa:
     assert dp["gradient-inversion_psnr"] != "" and dp["gi+mosaic_psnr"] != ""
     report = (out / "report.md").read_text()
     assert "## exchange = weights" in report and "python -m simulations.compare" in report
+
+
+def test_scope_arms_are_in_the_images_exchange_and_reach_the_run_config(tmp_path):
+    from simulations.compare import PRESETS, run_config
+
+    arms = {a.name: a for a in matrix()}
+    for name, key in (("images-vm-vfe0.8+scope2", "region-scope=2"), ("images-vm-vfe0.8+scope0", "region-scope=0"),
+                      ("images-vm-vfe0.8+r4", "region-size=4")):
+        assert key in run_config(arms[name], PRESETS["quick"], tmp_path, tmp_path, 0)
+
+
+def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path):
+    """The attack stage and report on runs laid out as `flwr run` leaves them (an untrained
+    model stands in for the trained one): every attack, both rankings, linkage and floor."""
+    import json
+    from dataclasses import replace
+
+    import torch
+
+    from common.models import build_model
+    from simulations.compare import PRESETS, Arm, prepare_data
+    from simulations.compare_attacks import attack_all
+    from simulations.compare_report import CLASSIFIERS, write_report
+
+    preset = replace(
+        PRESETS["quick"], victim_train=200, test=100, public=300, attack_victims=64, recogniser_steps=5,
+        adaptive_steps=5, statistics_steps=5, inverse_steps=2, linkage_pool=200, network_width=4,
+    )
+    data, public = prepare_data("shapes", None, preset, tmp_path, 0)
+    arms = [Arm("images", "none"), Arm("images", "visualmixer", target_vfe=0.8, region_scope=2)]
+    model = build_model("small-cnn", 3, public.num_classes)
+    for arm in arms:
+        folder = tmp_path / "runs" / arm.name
+        folder.mkdir(parents=True)
+        torch.save(model.state_dict(), folder / "final_model.pt")
+        row = {"round": 1, "status": "completed", "central-accuracy": 0.1, "seconds": 1.0, "bytes-up": 10, "bytes-down": 10}
+        (folder / "metrics.jsonl").write_text(json.dumps({**row, **({"vfe-sent": 0.85} if arm.target_vfe else {})}) + "\n")
+    results = attack_all(arms, lambda name: "completed", preset, data, public, tmp_path, 0)
+    none, scoped = results["rows"]
+    assert 0 <= results["floor"] <= 1 and results["candidates"] == 200
+    for key in ("best_attack", "margin", "best_adaptive_attack", "adaptive_margin", "linkage", "statistics_recognition"):
+        assert none.get(key) is not None and scoped.get(key) is not None, key
+    assert all(scoped.get(f"{a}_recognition") is not None for a in CLASSIFIERS)
+    assert scoped["inverse-net_psnr"] is not None and scoped["mosaic_recognition"] is not None
+    assert none["linkage"] == 1.0  # unprotected images link to themselves
+    assert (tmp_path / "cache").glob("recogniser-*.pt")
+    write_report(results, arms, preset, tmp_path, "python -m simulations.compare (test)",
+                 {"dataset": "shapes", "train_seconds": 1.0, "total_seconds": 1.0, "preset": "test",
+                  **{k: getattr(preset, k) for k in preset.__dataclass_fields__}})
+    report = (tmp_path / "report.md").read_text()
+    assert "best adaptive" in report and "linkage" in report and "floor" in report
+    assert "not a headline result" in report  # a 5-step recogniser is too weak to headline
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert rows[1]["adaptive_margin"] != "" and rows[1]["obfuscation-trained_recognition"] != ""
