@@ -305,12 +305,11 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
                 row[f"best_{prefix}attack"], row[f"best_{prefix}attack_recognition"] = best, ranked[best]
                 row[f"best_{prefix}attack_psnr"] = row.get(f"{best}_psnr")
                 row[f"{prefix}margin"] = row["test_accuracy"] - ranked[best]
-        tqdm.write(
-            f"[attacks] {arm.name}: test accuracy {row['test_accuracy']:.3f}, "
-            + (f"best attack {row['best_attack']} {row['best_attack_recognition']:.3f}, "
-               f"best adaptive {row['best_adaptive_attack']} {row['best_adaptive_attack_recognition']:.3f}"
-               if "best_adaptive_attack" in row else f"no attack scored on {MIN_RANKED_IMAGES}+ images, no margin")
-        )
+        ranked = [f"{label} {row[f'best_{prefix}attack']} {row[f'best_{prefix}attack_recognition']:.3f}"
+                  for label, prefix in (("best non-adaptive", ""), ("best adaptive", "adaptive_"))
+                  if f"best_{prefix}attack" in row]
+        tqdm.write(f"[attacks] {arm.name}: test accuracy {row['test_accuracy']:.3f}, "
+                   + (", ".join(ranked) or f"no attack scored on {MIN_RANKED_IMAGES}+ images, no margin"))
         first = next(iter(found.values()))
         gallery[arm.name] = [("original", as_unit(first[1][:1]))] + [(k, v[0][:1]) for k, v in found.items()]
         rows.append(row)

@@ -53,10 +53,11 @@ def test_reduced_compare_writes_every_output(simulation_env, tmp_path):  # noqa:
         "weights-none", "weights-vm+dp-vfe0.8+eps8",
     }
     assert all(r["status"] == "completed" for r in rows.values())
-    assert all(r["margin"] != "" for name, r in rows.items() if not name.startswith("weights"))
+    assert all(r["adaptive_margin"] != "" for name, r in rows.items() if not name.startswith("weights"))
+    assert rows["images-none"]["margin"] != "" and rows["images-none"]["linkage"] != ""
     # Gradient inversion is scored on 4 images in `quick`: too few to rank attacks, so the
     # weights arms carry its scores but no best attack and no margin.
-    assert all(r["gradient-inversion_images"] == "4" and r["margin"] == ""
+    assert all(r["gradient-inversion_images"] == "4" and r["margin"] == "" and r["adaptive_margin"] == ""
                for name, r in rows.items() if name.startswith("weights"))
     assert rows["images-none"]["observed_recognition"] != ""
     assert rows["activations-none"]["feature-inversion_psnr"] != ""
