@@ -74,7 +74,7 @@ class Node:
         device = resolve_device(str(node_config.get("device", config.device)))
         train_set, held_out = client_partition(
             config.dataset, data_dir, partition_id, num_partitions,
-            config.partitioning, config.dirichlet_alpha, config.seed, config.bad_images,
+            config.partitioning, config.dirichlet_alpha, config.seed, config.bad_images, config.image_size,
         )
         return cls(config, partition_id, train_set, held_out, device)
 
@@ -85,7 +85,9 @@ class Node:
         return RecordingMixer(self.config.visualmixer(seed))
 
     def model(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Sequential:
-        model = build_model(self.config.model, self.train_set.images.shape[1], self.train_set.num_classes)
+        model = build_model(
+            self.config.model, self.train_set.images.shape[1], self.train_set.num_classes, self.config.image_size
+        )
         if state is not None:
             model.load_state_dict(state)
         return model.to(self.device)

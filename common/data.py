@@ -10,7 +10,13 @@ see ``images / 255``.
   ``download=True`` (runs never do: edge nodes and CI are often offline).
   MNIST-style 28x28 images are zero-padded to 32x32 so that 8-pixel regions tile them.
 * ``folder``: any ``ImageFolder`` root with ``train/`` and ``test/`` class folders (your
-  own or medical data), resized to ``image_size`` and centre-cropped.
+  own or medical data).
+
+Every data set comes at ``image_size`` x ``image_size`` (default 32). Files in a folder are
+decoded, their short side resized to ``image_size`` (bilinear, antialiased) and the centre
+cropped square, the usual ImageFolder preprocessing; the 32x32 data sets (shapes, CIFAR,
+padded MNIST) are resized the same way when another size is asked for, which adds pixels
+but no detail.
 """
 
 from __future__ import annotations
@@ -89,11 +95,12 @@ def load_dataset(
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    check_image_size(image_size)
     if name == "shapes":
         # Different seeds per split so that test images are never training images.
         offset = 0 if split == "train" else 1_000_003
         images, labels = generate_shapes(SHAPES_SIZES[split], seed + offset)
-        return ImageSet(images, labels, SHAPE_CLASSES)
+        return ImageSet(resize_images(images, image_size), labels, SHAPE_CLASSES)
     if data_dir is None or str(data_dir) == "":
         raise DataError(
             f"dataset {name!r} needs data-dir: the folder that holds it"
@@ -101,7 +108,31 @@ def load_dataset(
     root = Path(data_dir).expanduser()
     if name == "folder":
         return _load_folder(str(root.resolve()), split, image_size, bad_images)
-    return _load_torchvision(name, root, split, download)
+    data = _load_torchvision(name, root, split, download)
+    return ImageSet(resize_images(data.images, image_size), data.labels, data.classes)
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
+
+
+def check_image_size(image_size: int) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image-size must be a whole number in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]; got {image_size!r}")
+    return image_size
+
+
+def resize_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) to ``side`` x ``side``: short side resized (bilinear,
+    antialiased), centre cropped; as they are when already that size."""
+    if images.shape[-2:] == (side, side):
+        return images
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for start in range(0, len(images), 1024):  # bounded scratch memory for large sizes
+        chunk = TF.resize(images[start : start + 1024], side, antialias=True)
+        out.append(TF.center_crop(chunk, [side, side]))
+    return torch.cat(out) if out else images.new_empty((0, images.shape[1], side, side))
 
 
 def _load_torchvision(name: str, root: Path, split: str, download: bool) -> ImageSet:
@@ -270,9 +301,11 @@ HOLDOUT_FRACTION = 0.1
 
 
 @functools.lru_cache(maxsize=8)
-def cached_dataset(name: str, split: str, data_dir: str | None, seed: int, bad_images: str = "skip") -> ImageSet:
+def cached_dataset(
+    name: str, split: str, data_dir: str | None, seed: int, bad_images: str = "skip", image_size: int = 32
+) -> ImageSet:
     """:func:`load_dataset` once per process (simulated clients share a worker process)."""
-    return load_dataset(name, split, data_dir or None, seed=seed, bad_images=bad_images)
+    return load_dataset(name, split, data_dir or None, image_size=image_size, seed=seed, bad_images=bad_images)
 
 
 def client_partition(
@@ -284,13 +317,14 @@ def client_partition(
     alpha: float = 0.5,
     seed: int = 0,
     bad_images: str = "skip",
+    image_size: int = 32,
 ) -> tuple[ImageSet, ImageSet]:
     """(local training set, held-out set) of one client: its partition, 10% held out."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"node-config partition-id={partition_id} must be in [0, num-partitions={num_partitions})"
         )
-    train = cached_dataset(name, "train", data_dir, seed, bad_images)
+    train = cached_dataset(name, "train", data_dir, seed, bad_images, image_size)
     part = partition_indices(train.labels, num_partitions, scheme, alpha, seed)[partition_id]
     if len(part) < 2:
         raise DataError(

@@ -1,4 +1,4 @@
-"""Models for 32x32 inputs, each a sequence of stages with a documented split-learning cut.
+"""Image classifiers, each a sequence of stages with a documented split-learning cut.
 
 Both models are ``nn.Sequential`` of stages, so the first ``cut`` stages can run on the edge
 client and the rest on the server (:func:`split_model`). Neither uses BatchNorm, so Opacus
@@ -7,9 +7,13 @@ ResNet-18 uses GroupNorm.
 
 * ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-ReLU-maxpool, no normalisation)
   and a 2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
-  Default cut 1: the client runs the first conv stage and sends (32, 16, 16) activations.
-* ``resnet18-gn``: ResNet-18 for 32x32 (3x3 stem, no max-pool) with GroupNorm; 11M
-  parameters. Default cut 1: the client runs the stem and sends (64, 32, 32) activations.
+  Default cut 1: the client runs the first conv stage and sends (32, S/2, S/2) activations
+  for S x S images. The head average-pools the last stage to 4x4 first, so the parameters
+  are the same at every image size (at 32x32 that pooling does nothing).
+* ``resnet18-gn``: ResNet-18 with GroupNorm; 11M parameters. Up to 64x64 it has the CIFAR
+  stem (3x3 conv, no max-pool); above, the ImageNet stem (7x7 conv with stride 2, then a
+  3x3 max-pool), as torchvision's ResNet-18. Default cut 1: the client runs the stem and
+  sends (64, 32, 32) activations at 32x32, (64, 56, 56) at 224x224.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ def _conv_stage(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def small_cnn(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+def small_cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
     return nn.Sequential(
         _conv_stage(in_channels, 32),
         _conv_stage(32, 64),
         _conv_stage(64, 128),
         nn.Sequential(
-            nn.Flatten(),
+            # One module for pool and flatten keeps the head's parameter names those of the
+            # 32x32 model, where the pooling is an identity.
+            nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()),
             nn.Linear(128 * 4 * 4, 128),
             nn.ReLU(),
             nn.Linear(128, num_classes),
@@ -65,14 +71,22 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-def resnet18_gn(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+IMAGENET_STEM_ABOVE = 64  # image side above which ResNet-18 downsamples in its stem
+
+
+def resnet18_gn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
     def layer(cin: int, cout: int, stride: int) -> nn.Sequential:
         return nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
 
+    if image_size > IMAGENET_STEM_ABOVE:
+        # Full-resolution 3x3 stages at 224x224 would cost ~50x the compute of 32x32.
+        stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.GroupNorm(32, 64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+    else:
+        stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.GroupNorm(32, 64), nn.ReLU())
     return nn.Sequential(
-        nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.GroupNorm(32, 64), nn.ReLU()
-        ),
+        stem,
         layer(64, 64, 1),
         layer(64, 128, 2),
         layer(128, 256, 2),
@@ -82,17 +96,17 @@ def resnet18_gn(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
 
 
 # The models by run-config name.
-MODELS: dict[str, Callable[[int, int], nn.Sequential]] = {
+MODELS: dict[str, Callable[[int, int, int], nn.Sequential]] = {
     "small-cnn": small_cnn,
     "resnet18-gn": resnet18_gn,
 }
 
 
-def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
-    """A fresh model by name (see :data:`MODELS`)."""
+def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
+    """A fresh model by name (see :data:`MODELS`) for ``image_size`` x ``image_size`` inputs."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
-    return MODELS[name](in_channels, num_classes)
+    return MODELS[name](in_channels, num_classes, image_size)
 
 
 def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Sequential]:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .data import BAD_IMAGES, DATASETS
+from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
 from .training import OPTIMIZERS
@@ -49,6 +49,15 @@ OPERATIONAL_KEYS = frozenset(
 )
 
 
+def default_region_size(image_size: int) -> int:
+    """``region-size = 0``: image-size / 4 rounded down to a power of two that divides it, so
+    the grid of regions stays about 4x4 (8 px at 32, 16 at 64, 32 at 224); 2 when none does."""
+    size = 2
+    while size * 2 <= image_size // 4 and image_size % (size * 2) == 0:
+        size *= 2
+    return size
+
+
 class ConfigError(ValueError):
     """A run-config value that cannot be used; the message names the key."""
 
@@ -60,6 +69,7 @@ class RunConfig:
     dataset: str
     data_dir: str
     bad_images: str
+    image_size: int
     partitioning: str
     dirichlet_alpha: float
     num_server_rounds: int
@@ -172,16 +182,21 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             "exchange 'weights' or 'activations' for DP-SGD)"
         )
     model = _choice("model", value("model"), MODELS)
-    region_size = _number("region-size", value("region-size"), int, 2)
-    if region_size & (region_size - 1) or 32 % region_size:
+    image_size = _number("image-size", value("image-size"), int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    if image_size % 2:
+        raise ConfigError(f"run-config image-size={image_size} must be even: regions are powers of two that divide it")
+    region_size = _number("region-size", value("region-size"), int, 0) or default_region_size(image_size)
+    if region_size < 2 or region_size & (region_size - 1) or image_size % region_size:
+        sizes = [2**k for k in range(1, 10) if image_size % 2**k == 0]
         raise ConfigError(
-            f"run-config region-size={region_size} must be a power of two that divides the "
-            "32x32 images: 2, 4, 8, 16 or 32"
+            f"run-config region-size={region_size} must be a power of two that divides image-size={image_size}: "
+            f"{', '.join(map(str, sizes))}, or 0 (image-size / 4)"
         )
+    grid = image_size // region_size
     region_scope = _number("region-scope", value("region-scope"), int, 0)
-    if region_scope > 1 and (32 // region_size) % region_scope:
+    if region_scope > 1 and grid % region_scope:
         raise ConfigError(
-            f"run-config region-scope={region_scope} must divide the {32 // region_size}x{32 // region_size} "
+            f"run-config region-scope={region_scope} must divide the {grid}x{grid} "
             f"grid of regions (region-size={region_size}), or be 0 (anywhere) or 1 (in place)"
         )
     run_name = _text("run-name", value("run-name"))
@@ -198,6 +213,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         dataset=_choice("dataset", value("dataset"), DATASETS),
         data_dir=str(value("data-dir")),
         bad_images=_choice("bad-images", value("bad-images"), BAD_IMAGES),
+        image_size=image_size,
         partitioning=_choice("partitioning", value("partitioning"), PARTITIONINGS),
         dirichlet_alpha=_number("dirichlet-alpha", value("dirichlet-alpha"), float, 1e-6),
         num_server_rounds=_number("num-server-rounds", value("num-server-rounds"), int, 1),

@@ -37,7 +37,9 @@ def dataset_shape(config: RunConfig) -> tuple[int, int]:
     if config.num_classes or info.classes:
         return info.channels, config.num_classes or info.classes
     try:
-        return 3, cached_dataset("folder", "test", config.data_dir or None, config.seed, config.bad_images).num_classes
+        return 3, cached_dataset(
+            "folder", "test", config.data_dir or None, config.seed, config.bad_images, config.image_size
+        ).num_classes
     except (DataError, ValueError) as err:
         raise ConfigError(
             f"run-config num-classes=0 and the server cannot read the folder data set to count "
@@ -68,7 +70,7 @@ class ServerTrainer:
         self.device = resolve_device(cfg.device)
         self.channels, self.num_classes = dataset_shape(cfg)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, self.channels, self.num_classes).to(self.device)
+        self.model = build_model(cfg.model, self.channels, self.num_classes, cfg.image_size).to(self.device)
         if cfg.exchange in ("images", "activations"):
             self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
         self.store = RunStore(cfg.output_dir, cfg.run_name)
@@ -93,7 +95,8 @@ class ServerTrainer:
 
     def activation_shape(self) -> tuple[int, ...]:
         with torch.no_grad():
-            probe = torch.zeros(1, self.channels, 32, 32, device=self.device)
+            side = self.config.image_size
+            probe = torch.zeros(1, self.channels, side, side, device=self.device)
             return tuple(self.client_part(probe).shape[1:])
 
     def state_dict(self, part: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -105,7 +108,8 @@ class ServerTrainer:
         """Centralized evaluation needs the test split on the server (always in simulation)."""
         try:
             test = cached_dataset(
-                self.config.dataset, "test", self.config.data_dir or None, self.config.seed, self.config.bad_images
+                self.config.dataset, "test", self.config.data_dir or None, self.config.seed, self.config.bad_images,
+                self.config.image_size,
             )
         except (DataError, ValueError) as err:
             log.warning("Centralized evaluation off: the server has no test split (%s)", err)

@@ -17,6 +17,38 @@ def test_split_model_composes_to_the_whole(name):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("side", [32, 64, 224])
+def test_models_take_any_image_size_with_the_same_small_cnn_parameters(side):
+    x = torch.rand(2, 3, side, side)
+    small = build_model("small-cnn", 3, 10, side)
+    assert small(x).shape == (2, 10)
+    assert [p.shape for p in small.parameters()] == [p.shape for p in build_model("small-cnn").parameters()]
+    assert split_model(small, 1)[0](x).shape == (2, 32, side // 2, side // 2)
+    resnet = build_model("resnet18-gn", 3, 10, side).eval()
+    stem = split_model(resnet, 1)[0](x)
+    # Above 64 px the ImageNet stem (stride 2 and a max-pool) keeps the stages affordable.
+    assert stem.shape == (2, 64, side // 4, side // 4) if side > 64 else (2, 64, side, side)
+    assert resnet(x).shape == (2, 10)
+
+
+def test_every_data_set_comes_at_the_image_size_asked_for(tmp_path):
+    from PIL import Image
+
+    shapes = load_dataset("shapes", "test", image_size=64)
+    assert shapes.images.shape == (2_000, 3, 64, 64) and shapes.images.dtype == torch.uint8
+    # A 320x240 photo: short side resized to the size, centre cropped square.
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    photo = torch.zeros(240, 320, 3, dtype=torch.uint8)
+    photo[:, 160:] = 255  # right half white
+    Image.fromarray(photo.numpy()).save(tmp_path / "train" / "a" / "photo.png")
+    for side in (64, 224):
+        image = load_dataset("folder", "train", tmp_path, image_size=side).images[0]
+        assert image.shape == (3, side, side)
+        assert image[:, :, : side // 2 - 2].max() < 20 and image[:, :, side // 2 + 2 :].min() > 235
+    with pytest.raises(ValueError, match="image-size must be a whole number in \\[8, 512\\]; got 4"):
+        load_dataset("shapes", image_size=4)
+
+
 def test_bad_model_and_cut():
     with pytest.raises(ValueError, match="model must be one of"):
         build_model("vgg")

@@ -27,7 +27,8 @@ class ImagesExchange(Exchange):
         return messenger.to_every_node("query.images", server_round)  # nothing goes down
 
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        shape = (self.trainer.channels, 32, 32)
+        side = self.trainer.config.image_size
+        shape = (self.trainer.channels, side, side)
         limit = self.config.upload_samples or 10**9
         metrics = self.checked_metrics(reply, "query.images", arrays=True)
         images, labels = check_images(reply_arrays(reply), shape, self.trainer.num_classes, limit)
