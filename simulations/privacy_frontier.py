@@ -1,0 +1,164 @@
+"""Both halves of the promise per VisualMixer setting, without Flower: the accuracy of a model
+trained on obfuscated images, and what the attackers who read what no shuffle changes get.
+
+    python -m simulations.privacy_frontier --dataset folder --data-dir DIR --out FILE.jsonl
+
+The training split is cut in two disjoint halves: the victims' images (the model trains on
+them, obfuscated) and the attacker's public images (every attacker trains on those).
+Scored on ``--victims`` test images, obfuscated with the setting:
+
+* ``test_accuracy``: a small CNN trained ``--steps`` steps on the victims' obfuscated images
+  (a fresh obfuscation per batch), on obfuscated test images. A recogniser trained on
+  obfuscated public images (the *obfuscation-trained* attacker) is this same experiment.
+* non-adaptive: ``observed`` and ``mosaic`` labelled by a clean-trained recogniser
+  (augmented, cached under ``--cache``).
+* adaptive: ``statistics`` (region statistics no in-region shuffle changes, classifier
+  trained on clean public images), ``statistics_obf`` (the same with the setting's region
+  moves, trained on obfuscated public images), ``mosaic_trained`` (a recogniser trained on
+  mosaics of public images), ``linkage`` (the original found among ``--pool`` candidates).
+* ``floor``: global colour alone (region = the whole image), which nothing here changes.
+
+One JSON line per setting, plus a first line with the recogniser's clean accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common.attacks import (
+    cached_recogniser,
+    link_originals,
+    mosaic_attack,
+    recognition_accuracy,
+    train_mosaic_recogniser,
+    train_statistics_classifier,
+)
+from common.data import load_dataset
+from common.models import build_model
+from common.training import evaluate, make_optimizer, resolve_device, train_steps
+from common.visualmixer import VisualMixer, visual_feature_entropy
+
+# (target VFE, region size, region scope); None = no defense.
+SETTINGS = (
+    None,
+    (0.8, 8, 1), (0.8, 8, 2), (0.8, 8, 0),
+    (0.8, 4, 1), (0.8, 4, 0),
+    (0.5, 8, 1), (1.0, 8, 1),
+)
+
+
+def parse_setting(text: str) -> tuple[float, int, int] | None:
+    """``none`` or ``VFE:REGION:SCOPE`` (e.g. ``0.8:8:0``)."""
+    if text == "none":
+        return None
+    try:
+        target, region, scope = text.split(":")
+        return float(target), int(region), int(scope)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--settings item {text!r}: expected none or VFE:REGION:SCOPE") from err
+
+
+def measure(setting, train, public, victims, pool, recogniser, floor: float, args, mosaic_nets: dict) -> dict:
+    device = resolve_device(args.device)
+    mixer = None if setting is None else VisualMixer(setting[0], region_size=setting[1], region_scope=setting[2], seed=args.seed)
+    region, scope = (8, 1) if setting is None else setting[1:]
+    observed = mixer(victims.images) if mixer is not None else victims.images
+    row: dict = {"setting": "none" if setting is None else f"vfe{setting[0]:g}-r{region}-scope{scope}",
+                 "target_vfe": None if setting is None else setting[0], "region_size": region, "region_scope": scope,
+                 "mean_vfe": round(float(visual_feature_entropy(observed, region).mean()), 4)}
+
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = build_model("small-cnn", 3, train.num_classes).to(device)
+    fresh = None if setting is None else VisualMixer(setting[0], region_size=region, region_scope=scope)
+    train_steps(model, train.images, train.labels, make_optimizer("adam", model.parameters(), 1e-3),
+                args.steps, 64, fresh, device=device, generator=torch.Generator().manual_seed(args.seed))
+    row["test_accuracy"], _ = evaluate(model.cpu(), victims.images, victims.labels, mixer)
+    row["train_seconds"] = round(time.perf_counter() - start, 1)
+
+    y = victims.labels
+    row["observed"] = recognition_accuracy(recogniser, observed, y)
+    row["mosaic"] = recognition_accuracy(recogniser, mosaic_attack(observed, region), y)
+    statistics = train_statistics_classifier(public.images, public.labels, train.num_classes, region_size=region,
+                                             steps=args.statistics_steps, seed=args.seed)
+    row["statistics"] = recognition_accuracy(statistics, observed, y)
+    if mixer is not None:
+        obfuscated_public = VisualMixer(setting[0], region_size=region, region_scope=scope, seed=args.seed + 7)(public.images)
+        adaptive = train_statistics_classifier(obfuscated_public, public.labels, train.num_classes, region_size=region,
+                                               region_scope=scope, steps=args.statistics_steps, seed=args.seed)
+        row["statistics_obf"] = recognition_accuracy(adaptive, observed, y)
+        if region not in mosaic_nets:
+            mosaic_nets[region] = train_mosaic_recogniser(public.images, public.labels, train.num_classes, region,
+                                                          steps=args.adaptive_steps, device=device, seed=args.seed)
+        row["mosaic_trained"] = recognition_accuracy(mosaic_nets[region], observed, y)
+    linked = link_originals(observed, pool, region, region_scope=scope)
+    row["linkage"] = float((linked == torch.arange(len(y))).float().mean())
+    row["floor"] = floor
+    non_adaptive = max(row["observed"], row["mosaic"])
+    adaptive_best = max(v for k, v in row.items() if k in ("observed", "mosaic", "statistics", "statistics_obf", "mosaic_trained"))
+    row["best_non_adaptive"], row["best_adaptive"] = non_adaptive, adaptive_best
+    row["adaptive_above_floor"] = round(adaptive_best - floor, 4)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="shapes")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    parser.add_argument("--cache", type=Path, default=Path("outputs/cache"), help="where the recogniser is kept")
+    parser.add_argument("--settings", nargs="*", type=parse_setting, default=list(SETTINGS))
+    parser.add_argument("--public", type=int, default=20000, help="attacker's images, taken from the training split")
+    parser.add_argument("--victims", type=int, default=1000, help="test images every figure is scored on")
+    parser.add_argument("--pool", type=int, default=1000, help="linkage candidates, the true original included")
+    parser.add_argument("--steps", type=int, default=1500, help="the utility model's steps")
+    parser.add_argument("--recogniser-steps", type=int, default=6000)
+    parser.add_argument("--adaptive-steps", type=int, default=1500)
+    parser.add_argument("--statistics-steps", type=int, default=3000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    train_all = load_dataset(args.dataset, "train", args.data_dir)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    if args.public >= len(train_all):
+        parser.error(f"--public {args.public}: the training split has only {len(train_all)} images")
+    order = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(args.seed))
+    public, train = train_all.subset(order[: args.public]), train_all.subset(order[args.public :])
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed + 1))
+    victims = test.subset(pick[: args.victims])
+    pool = torch.cat([victims.images, test.images[pick[args.victims :]], public.images])[: max(args.pool, args.victims)]
+
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    recogniser, reused = cached_recogniser(args.cache, public.images, public.labels, train.num_classes,
+                                           steps=args.recogniser_steps, augment=True, device=device, seed=args.seed)
+    floor_net = train_statistics_classifier(public.images, public.labels, train.num_classes,
+                                            region_size=public.images.shape[-1], steps=args.statistics_steps, seed=args.seed)
+    floor = recognition_accuracy(floor_net, victims.images, victims.labels)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as handle:
+        head = {"recogniser_clean": round(recognition_accuracy(recogniser, victims.images, victims.labels), 4),
+                "recogniser_steps": args.recogniser_steps, "recogniser_reused": reused,
+                "recogniser_seconds": round(time.perf_counter() - start, 1), "floor": round(floor, 4),
+                "dataset": args.dataset, "public": args.public, "victims": args.victims, "pool": len(pool),
+                "steps": args.steps, "device": str(device)}
+        for line in (head,):
+            print(json.dumps(line), flush=True)
+            handle.write(json.dumps(line) + "\n")
+        mosaic_nets: dict = {}
+        for setting in args.settings:
+            row = measure(setting, train, public, victims, pool, recogniser, floor, args, mosaic_nets)
+            print(json.dumps(row), flush=True)
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
