@@ -14,6 +14,15 @@ ResNet-18 uses GroupNorm.
   stem (3x3 conv, no max-pool); above, the ImageNet stem (7x7 conv with stride 2, then a
   3x3 max-pool), as torchvision's ResNet-18. Default cut 1: the client runs the stem and
   sends (64, 32, 32) activations at 32x32, (64, 56, 56) at 224x224.
+* ``region-invariant``: built for obfuscated images. Its stem reads, per region of the
+  run's ``region-size``, only what no in-region shuffle changes (the region's sorted
+  values per channel at 17 quantiles, mean and spread, channels as a set:
+  :func:`~common.visualmixer.invariants.region_statistics`), then a 1x1 conv; two 3x3 conv
+  stages work on the grid of regions and a 2-layer head classifies. An in-region shuffle
+  changes neither its input features nor its output, so the shuffle costs it nothing; what
+  it cannot see is the arrangement inside a region, on clean images too. Regions moved by
+  ``region-scope`` != 1 move its grid cells. ~0.8M parameters. Default cut 1: the
+  client runs the stem and sends (128, S/r, S/r) activations.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+
+from .visualmixer.invariants import default_region_size, region_statistics
 
 
 def _conv_stage(cin: int, cout: int) -> nn.Sequential:
@@ -95,17 +106,57 @@ def resnet18_gn(in_channels: int = 3, num_classes: int = 10, image_size: int = 3
     )
 
 
+INVARIANT_QUANTILES = tuple(i / 16 for i in range(17))
+
+
+class RegionDescriptors(nn.Module):
+    """(B, C, H, W) images -> (B, C * 19, H/r, W/r): each region's multiset of values per
+    channel (17 quantiles, mean, std), channels as a set; parameter-free. Inputs are model
+    inputs (floats in [0, 1])."""
+
+    def __init__(self, region_size: int) -> None:
+        super().__init__()
+        self.region_size = region_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return region_statistics(x, self.region_size, True, INVARIANT_QUANTILES).permute(0, 3, 1, 2).contiguous()
+
+
+def region_invariant(
+    in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0
+) -> nn.Sequential:
+    region = region_size or default_region_size(image_size)
+    features = in_channels * (len(INVARIANT_QUANTILES) + 2)
+    return nn.Sequential(
+        nn.Sequential(RegionDescriptors(region), nn.Conv2d(features, 128, 1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU()),
+        nn.Sequential(
+            nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()),
+            nn.Linear(128 * 4 * 4, 256),
+            nn.ReLU(),
+            nn.Linear(256, num_classes),
+        ),
+    )
+
+
 # The models by run-config name.
-MODELS: dict[str, Callable[[int, int, int], nn.Sequential]] = {
+MODELS: dict[str, Callable[..., nn.Sequential]] = {
     "small-cnn": small_cnn,
     "resnet18-gn": resnet18_gn,
+    "region-invariant": region_invariant,
 }
 
 
-def build_model(name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
-    """A fresh model by name (see :data:`MODELS`) for ``image_size`` x ``image_size`` inputs."""
+def build_model(
+    name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0
+) -> nn.Sequential:
+    """A fresh model by name (see :data:`MODELS`) for ``image_size`` x ``image_size`` inputs;
+    ``region_size`` (0 = the default for the size) matters to ``region-invariant`` only."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    if name == "region-invariant":
+        return region_invariant(in_channels, num_classes, image_size, region_size)
     return MODELS[name](in_channels, num_classes, image_size)
 
 

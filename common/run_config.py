@@ -24,6 +24,7 @@ from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
 from .training import OPTIMIZERS
 from .visualmixer import VisualMixer
+from .visualmixer.invariants import default_region_size
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 EXCHANGES = ("images", "activations", "weights")
@@ -47,15 +48,6 @@ OPERATIONAL_KEYS = frozenset(
     {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples", "bad-images",
      "max-abs-value", "max-examples-per-reply", "vfe-tolerance"}
 )
-
-
-def default_region_size(image_size: int) -> int:
-    """``region-size = 0``: image-size / 4 rounded down to a power of two that divides it, so
-    the grid of regions stays about 4x4 (8 px at 32, 16 at 64, 32 at 224); 2 when none does."""
-    size = 2
-    while size * 2 <= image_size // 4 and image_size % (size * 2) == 0:
-        size *= 2
-    return size
 
 
 class ConfigError(ValueError):

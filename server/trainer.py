@@ -70,7 +70,9 @@ class ServerTrainer:
         self.device = resolve_device(cfg.device)
         self.channels, self.num_classes = dataset_shape(cfg)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, self.channels, self.num_classes, cfg.image_size).to(self.device)
+        self.model = build_model(
+            cfg.model, self.channels, self.num_classes, cfg.image_size, cfg.region_size
+        ).to(self.device)
         if cfg.exchange in ("images", "activations"):
             self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
         self.store = RunStore(cfg.output_dir, cfg.run_name)

@@ -1,20 +1,25 @@
-"""Ablations of VisualMixer on one small CNN: accuracy against VFE, optimizers, region scope.
+"""Ablations of VisualMixer: accuracy against VFE, optimizers, region scope, models.
 
     python -m simulations.ablation --study vfe-curve  [--dataset folder --data-dir DIR]
     python -m simulations.ablation --study optimizers [...]
     python -m simulations.ablation --study scope      [...]
+    python -m simulations.ablation --study models     [... --seeds 0 1 2]
 
-Each arm trains the same small CNN from the same seed for ``--steps`` Adam/SGD/STAdam
-steps on (obfuscated) training images and evaluates on ``--test-images`` test images
-obfuscated the same way (a model trained on obfuscated images is used on them). Prints one
-JSON line per arm: final test accuracy, the mean loss of the last 50 steps, and the loss
-oscillation = standard deviation of step-to-step loss differences over the last half.
+Each arm trains a model (the small CNN, except in ``models``: the small CNN and the
+region-invariant model, clean and at the default target) from the same seed for
+``--steps`` Adam/SGD/STAdam steps on (obfuscated) training images and evaluates on
+``--test-images`` test images obfuscated the same way (a model trained on obfuscated images
+is used on them). Prints one JSON line per arm and seed: final test accuracy, the mean loss
+of the last 50 steps, and the loss oscillation = standard deviation of step-to-step loss
+differences over the last half; with several ``--seeds``, then one line per arm with the
+mean and spread (sample standard deviation) of the test accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -24,22 +29,24 @@ from common.models import build_model
 from common.training import evaluate, make_optimizer, train_steps
 from common.visualmixer import DEFAULT_TARGET_VFE, VisualMixer
 
+# study -> arms (model, optimizer, target VFE or None for clean, region scope)
 STUDIES = {
-    "vfe-curve": [("adam", t, 1) for t in (None, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)],
-    "optimizers": [(o, t, 1) for t in (None, DEFAULT_TARGET_VFE) for o in ("sgd", "adam", "st-adam")],
-    "scope": [("adam", DEFAULT_TARGET_VFE, s) for s in (1, 2, 0)],
+    "vfe-curve": [("small-cnn", "adam", t, 1) for t in (None, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)],
+    "optimizers": [("small-cnn", o, t, 1) for t in (None, DEFAULT_TARGET_VFE) for o in ("sgd", "adam", "st-adam")],
+    "scope": [("small-cnn", "adam", DEFAULT_TARGET_VFE, s) for s in (1, 2, 0)],
+    "models": [(m, "adam", t, 1) for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
 }
 LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}
 
 
-def oscillation(losses: list[float]) -> float:
+def oscillation(losses: list[float]) -> float | None:
     tail = torch.tensor(losses[len(losses) // 2 :])
-    return float(tail.diff().std())
+    return float(tail.diff().std()) if len(tail) > 2 else None  # None: too few steps to tell
 
 
-def run_arm(train, test, optimizer_name, target, scope, args) -> dict:
-    torch.manual_seed(args.seed)
-    model = build_model("small-cnn", train.images.shape[1], train.num_classes)
+def run_arm(train, test, model_name, optimizer_name, target, scope, seed, args) -> dict:
+    torch.manual_seed(seed)
+    model = build_model(model_name, train.images.shape[1], train.num_classes)
     mixer = None if target is None else VisualMixer(target, region_scope=scope)
     optimizer = make_optimizer(optimizer_name, model.parameters(), LEARNING_RATES[optimizer_name])
     start = time.perf_counter()
@@ -49,6 +56,8 @@ def run_arm(train, test, optimizer_name, target, scope, args) -> dict:
     return {
         "study": args.study,
         "dataset": args.dataset,
+        "model": model_name,
+        "seed": seed,
         "optimizer": optimizer_name,
         "target_vfe": target,
         "region_scope": scope if target is not None else None,
@@ -56,7 +65,7 @@ def run_arm(train, test, optimizer_name, target, scope, args) -> dict:
         "test_accuracy": round(accuracy, 4),
         "test_loss": round(test_loss, 4),
         "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_oscillation": round(oscillation(losses), 4),
+        "loss_oscillation": None if oscillation(losses) is None else round(oscillation(losses), 4),
         "train_seconds": round(seconds, 1),
     }
 
@@ -69,14 +78,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-images", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="picks the test images")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (default: --seed)")
     args = parser.parse_args(argv)
     train = load_dataset(args.dataset, "train", args.data_dir)
     test = load_dataset(args.dataset, "test", args.data_dir)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     test = test.subset(pick[: args.test_images])
-    for optimizer_name, target, scope in STUDIES[args.study]:
-        print(json.dumps(run_arm(train, test, optimizer_name, target, scope, args)), flush=True)
+    seeds = args.seeds or [args.seed]
+    for model_name, optimizer_name, target, scope in STUDIES[args.study]:
+        accuracies = []
+        for seed in seeds:
+            row = run_arm(train, test, model_name, optimizer_name, target, scope, seed, args)
+            accuracies.append(row["test_accuracy"])
+            print(json.dumps(row), flush=True)
+        if len(seeds) > 1:
+            print(json.dumps({
+                "study": args.study, "model": model_name, "optimizer": optimizer_name, "target_vfe": target,
+                "region_scope": scope if target is not None else None, "seeds": seeds, "steps": args.steps,
+                "mean_test_accuracy": round(statistics.mean(accuracies), 4),
+                "spread_test_accuracy": round(statistics.stdev(accuracies), 4),
+            }), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Scored on ``--victims`` test images, obfuscated with the setting:
 * ``floor``: global colour alone (region = the whole image), which nothing here changes.
 
 One JSON line per setting, plus a first line with the recogniser's clean accuracy.
+``--table FILE.jsonl`` prints such a file as a markdown table instead of running.
 """
 
 from __future__ import annotations
@@ -106,11 +107,32 @@ def measure(setting, train, public, victims, pool, recogniser, floor: float, arg
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
+# (column header, row key); absent keys (no adaptive attack without a defense) print "-".
+TABLE = (
+    ("setting", "setting"), ("mean VFE", "mean_vfe"), ("test accuracy", "test_accuracy"),
+    ("observed", "observed"), ("mosaic", "mosaic"), ("statistics", "statistics"),
+    ("statistics, obfuscation-trained", "statistics_obf"), ("mosaic-trained", "mosaic_trained"),
+    ("best non-adaptive", "best_non_adaptive"), ("best adaptive", "best_adaptive"),
+    ("best adaptive above floor", "adaptive_above_floor"), ("linkage", "linkage"),
+)
+
+
+def markdown_table(lines: list[dict]) -> str:
+    """The rows of a frontier file (its head lines skipped) as a markdown table."""
+    rows = [r for r in lines if "setting" in r]
+    text = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    for row in rows:
+        cells = [row.get(k, "-") for _, k in TABLE]
+        text.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    return "\n".join(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    parser.add_argument("--out", type=Path, help="JSON lines, appended")
+    parser.add_argument("--table", type=Path, help="print this frontier file as a markdown table and exit")
     parser.add_argument("--cache", type=Path, default=Path("outputs/cache"), help="where the recogniser is kept")
     parser.add_argument("--settings", nargs="*", type=parse_setting, default=list(SETTINGS))
     parser.add_argument("--public", type=int, default=20000, help="attacker's images, taken from the training split")
@@ -123,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.table:
+        try:
+            lines = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"--table {str(args.table)!r}: {err}")
+        print(markdown_table(lines))
+        return 0
+    if args.out is None:
+        parser.error("--out is required (or --table to print a finished file)")
 
     train_all = load_dataset(args.dataset, "train", args.data_dir)
     test = load_dataset(args.dataset, "test", args.data_dir)

@@ -40,6 +40,11 @@ def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
                            "--steps", "3", "--recogniser-steps", "3", "--statistics-steps", "5", "--device", "cpu",
                            "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert json.loads(out.read_text().splitlines()[len(rows)])["recogniser_reused"] is True
+    capsys.readouterr()
+    assert privacy_frontier.main(["--table", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| setting | mean VFE | test accuracy |") and len(table) == 2 + 4
+    assert table[3].startswith("| vfe0.8-r8-scope1 |") and "| - |" in table[2]  # none has no adaptive columns
 
 
 def test_a_malformed_setting_names_the_flag(capsys):
