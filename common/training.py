@@ -214,15 +214,25 @@ def predict(
     mixer: Mixer | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    draws: int = 1,
 ) -> torch.Tensor:
-    """Logits for ``images``; with a mixer the images are obfuscated first, as in training."""
+    """Logits for ``images``; with a mixer the images are obfuscated first, as in training.
+
+    ``draws`` > 1 (with a mixer): test-time averaging, the log of the mean softmax over that
+    many independent obfuscations of each image, which smooths out one unlucky shuffle."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        if mixer is not None:
-            x = mixer(x)
-        out.append(model(to_model_input(x)).float().cpu())
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            if mixer is None:
+                out.append(model(to_model_input(x)).float().cpu())
+                continue
+            if draws <= 1:
+                out.append(model(to_model_input(mixer(x))).float().cpu())
+                continue
+            logs = torch.stack([model(to_model_input(mixer(x))).float().log_softmax(1) for _ in range(draws)])
+            out.append((torch.logsumexp(logs, 0) - math.log(draws)).cpu())
     return torch.cat(out)
 
 
@@ -233,9 +243,10 @@ def evaluate(
     mixer: Mixer | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    draws: int = 1,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the given images."""
-    logits = predict(model, images, mixer, batch_size, device)
+    """(accuracy, mean cross-entropy) on the given images (``draws``: see :func:`predict`)."""
+    logits = predict(model, images, mixer, batch_size, device, draws)
     loss = nn.functional.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return accuracy, loss

@@ -4,12 +4,15 @@
     python -m simulations.ablation --study optimizers [...]
     python -m simulations.ablation --study scope      [...]
     python -m simulations.ablation --study models     [... --seeds 0 1 2]
+    python -m simulations.ablation --study recipes    [...]
 
 Each arm trains a model (the small CNN, except in ``models``: the small CNN and the
 region-invariant model, clean and at the default target) from the same seed for
 ``--steps`` Adam/SGD/STAdam steps on (obfuscated) training images and evaluates on
 ``--test-images`` test images obfuscated the same way (a model trained on obfuscated images
-is used on them). Prints one JSON line per arm and seed: final test accuracy, the mean loss
+is used on them). ``recipes`` tries, clean and obfuscated, what commutes with the defense:
+``augment`` (flips, and shifts by whole regions, applied after obfuscation) and ``tta``
+(test-time averaging of the softmax over ``--draws`` obfuscations). Prints one JSON line per arm and seed: final test accuracy, the mean loss
 of the last 50 steps, and the loss oscillation = standard deviation of step-to-step loss
 differences over the last half; with several ``--seeds``, then one line per arm with the
 mean and spread (sample standard deviation) of the test accuracy.
@@ -24,18 +27,22 @@ import time
 
 import torch
 
+from common.attacks import flip_and_shift
 from common.data import load_dataset
 from common.models import build_model
 from common.training import evaluate, make_optimizer, train_steps
 from common.visualmixer import DEFAULT_TARGET_VFE, VisualMixer
 
-# study -> arms (model, optimizer, target VFE or None for clean, region scope)
+# study -> arms (model, optimizer, target VFE or None for clean, region scope, recipe)
 STUDIES = {
-    "vfe-curve": [("small-cnn", "adam", t, 1) for t in (None, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)],
-    "optimizers": [("small-cnn", o, t, 1) for t in (None, DEFAULT_TARGET_VFE) for o in ("sgd", "adam", "st-adam")],
-    "scope": [("small-cnn", "adam", DEFAULT_TARGET_VFE, s) for s in (1, 2, 0)],
-    "models": [(m, "adam", t, 1) for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
+    "vfe-curve": [("small-cnn", "adam", t, 1, "plain") for t in (None, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)],
+    "optimizers": [("small-cnn", o, t, 1, "plain") for t in (None, DEFAULT_TARGET_VFE) for o in ("sgd", "adam", "st-adam")],
+    "scope": [("small-cnn", "adam", DEFAULT_TARGET_VFE, s, "plain") for s in (1, 2, 0)],
+    "models": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
+    "recipes": [("small-cnn", "adam", None, 1, r) for r in ("plain", "augment")]
+    + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta")],
 }
+REGION_SIZE = 8
 LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}
 
 
@@ -44,19 +51,28 @@ def oscillation(losses: list[float]) -> float | None:
     return float(tail.diff().std()) if len(tail) > 2 else None  # None: too few steps to tell
 
 
-def run_arm(train, test, model_name, optimizer_name, target, scope, seed, args) -> dict:
+def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args) -> dict:
     torch.manual_seed(seed)
     model = build_model(model_name, train.images.shape[1], train.num_classes)
-    mixer = None if target is None else VisualMixer(target, region_scope=scope)
+    mixer = None if target is None else VisualMixer(target, region_size=REGION_SIZE, region_scope=scope)
+    batches = mixer
+    if "augment" in recipe:  # after the shuffle: flips and whole-region shifts commute with it
+        generator = torch.Generator().manual_seed(seed)
+
+        def batches(x, mixer=mixer):
+            x = mixer(x) if mixer is not None else x
+            return flip_and_shift(x, max_shift=REGION_SIZE, generator=generator, step=REGION_SIZE)
     optimizer = make_optimizer(optimizer_name, model.parameters(), LEARNING_RATES[optimizer_name])
     start = time.perf_counter()
-    losses = train_steps(model, train.images, train.labels, optimizer, args.steps, args.batch_size, mixer)
+    losses = train_steps(model, train.images, train.labels, optimizer, args.steps, args.batch_size, batches)
     seconds = time.perf_counter() - start
-    accuracy, test_loss = evaluate(model, test.images, test.labels, mixer)
+    draws = args.draws if "tta" in recipe and mixer is not None else 1
+    accuracy, test_loss = evaluate(model, test.images, test.labels, mixer, draws=draws)
     return {
         "study": args.study,
         "dataset": args.dataset,
         "model": model_name,
+        "recipe": recipe,
         "seed": seed,
         "optimizer": optimizer_name,
         "target_vfe": target,
@@ -78,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--draws", type=int, default=4, help="recipes: obfuscations averaged at test time (tta)")
     parser.add_argument("--seed", type=int, default=0, help="picks the test images")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (default: --seed)")
     args = parser.parse_args(argv)
@@ -86,15 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     test = test.subset(pick[: args.test_images])
     seeds = args.seeds or [args.seed]
-    for model_name, optimizer_name, target, scope in STUDIES[args.study]:
+    for model_name, optimizer_name, target, scope, recipe in STUDIES[args.study]:
         accuracies = []
         for seed in seeds:
-            row = run_arm(train, test, model_name, optimizer_name, target, scope, seed, args)
+            row = run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args)
             accuracies.append(row["test_accuracy"])
             print(json.dumps(row), flush=True)
         if len(seeds) > 1:
             print(json.dumps({
-                "study": args.study, "model": model_name, "optimizer": optimizer_name, "target_vfe": target,
+                "study": args.study, "model": model_name, "recipe": recipe, "optimizer": optimizer_name,
+                "target_vfe": target,
                 "region_scope": scope if target is not None else None, "seeds": seeds, "steps": args.steps,
                 "mean_test_accuracy": round(statistics.mean(accuracies), 4),
                 "spread_test_accuracy": round(statistics.stdev(accuracies), 4),

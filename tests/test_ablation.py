@@ -29,3 +29,11 @@ def test_one_seed_prints_no_summary(capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["region_scope"] for r in lines] == [1, 2, 0] and all(r["model"] == "small-cnn" for r in lines)
     assert all(r["loss_oscillation"] is None for r in lines)  # 2 steps: too few to measure
+
+
+def test_recipes_study_tries_augmentation_and_test_time_averaging(capsys):
+    ablation.main(["--study", "recipes", "--steps", "3", "--batch-size", "8", "--test-images", "10", "--draws", "2"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["target_vfe"], r["recipe"]) for r in lines] == [
+        (None, "plain"), (None, "augment"), (0.8, "plain"), (0.8, "augment"), (0.8, "tta"), (0.8, "augment+tta")
+    ]

@@ -68,3 +68,39 @@ def test_a_default_weights_round_is_obfuscated_in_four_calls_on_cpu():
     batches = [torch.randint(0, 300, (64,)) for _ in range(60)]
     assert len(list(obfuscated_batches(images, labels, batches, mixer, "cpu"))) == 60
     assert mixer.calls == [1024, 1024, 1024, 768]
+
+
+def test_test_time_averaging_is_the_mean_softmax_over_draws():
+    from common.models import build_model
+    from common.training import predict
+    from common.visualmixer import VisualMixer
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn").eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    mixer = VisualMixer(0.8)
+    torch.manual_seed(5)
+    averaged = predict(model, images, mixer, draws=4)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        probs = torch.stack([model(mixer(images).float() / 255).softmax(1) for _ in range(4)]).mean(0)
+    torch.testing.assert_close(averaged.exp(), probs, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(5)
+    single = predict(model, images, mixer)  # one draw: the logits themselves
+    torch.manual_seed(5)
+    with torch.no_grad():
+        torch.testing.assert_close(single, model(mixer(images).float() / 255))
+
+
+def test_region_aligned_flips_and_shifts_move_whole_regions():
+    from common.attacks import flip_and_shift
+
+    images = torch.randint(1, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = flip_and_shift(images, max_shift=8, generator=torch.Generator().manual_seed(0), step=8)
+    for original, moved in zip(images, out):
+        candidates = []
+        for flipped in (original, original.flip(-1)):
+            padded = torch.nn.functional.pad(flipped, (8, 8, 8, 8))
+            candidates += [padded[:, dy : dy + 32, dx : dx + 32] for dy in (0, 8, 16) for dx in (0, 8, 16)]
+        assert any(torch.equal(moved, c) for c in candidates)
+    assert not torch.equal(out, images)
