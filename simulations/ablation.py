@@ -5,6 +5,7 @@
     python -m simulations.ablation --study scope      [...]
     python -m simulations.ablation --study models     [... --seeds 0 1 2]
     python -m simulations.ablation --study recipes    [...]
+    python -m simulations.ablation --study curve      [... --steps 15600 --checkpoints 8]
 
 Each arm trains a model (the small CNN, except in ``models``: the small CNN and the
 region-invariant model, clean and at the default target) from the same seed for
@@ -41,6 +42,7 @@ STUDIES = {
     "models": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
     "recipes": [("small-cnn", "adam", None, 1, r) for r in ("plain", "augment")]
     + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta")],
+    "curve": [("small-cnn", "adam", t, 1, "plain") for t in (None, DEFAULT_TARGET_VFE)],
 }
 REGION_SIZE = 8
 LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}
@@ -63,11 +65,18 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
             x = mixer(x) if mixer is not None else x
             return flip_and_shift(x, max_shift=REGION_SIZE, generator=generator, step=REGION_SIZE)
     optimizer = make_optimizer(optimizer_name, model.parameters(), LEARNING_RATES[optimizer_name])
-    start = time.perf_counter()
-    losses = train_steps(model, train.images, train.labels, optimizer, args.steps, args.batch_size, batches)
-    seconds = time.perf_counter() - start
     draws = args.draws if "tta" in recipe and mixer is not None else 1
-    accuracy, test_loss = evaluate(model, test.images, test.labels, mixer, draws=draws)
+    # Training in chunks: the test accuracy after each (the learning curve), same batches.
+    chunks = max(1, args.checkpoints)
+    ends = [round(args.steps * (i + 1) / chunks) for i in range(chunks)]
+    losses, curve, seconds, done = [], [], 0.0, 0
+    for end in ends:
+        start = time.perf_counter()
+        losses += train_steps(model, train.images, train.labels, optimizer, end - done, args.batch_size, batches)
+        seconds += time.perf_counter() - start
+        done = end
+        accuracy, test_loss = evaluate(model, test.images, test.labels, mixer, draws=draws)
+        curve.append([end, round(accuracy, 4)])
     return {
         "study": args.study,
         "dataset": args.dataset,
@@ -83,6 +92,7 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
         "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
         "loss_oscillation": None if oscillation(losses) is None else round(oscillation(losses), 4),
         "train_seconds": round(seconds, 1),
+        **({"curve": curve} if chunks > 1 else {}),
     }
 
 
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--checkpoints", type=int, default=1, help="test accuracy at this many points (a curve)")
     parser.add_argument("--draws", type=int, default=4, help="recipes: obfuscations averaged at test time (tta)")
     parser.add_argument("--seed", type=int, default=0, help="picks the test images")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (default: --seed)")
