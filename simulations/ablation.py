@@ -13,7 +13,9 @@ region-invariant model, clean and at the default target) from the same seed for
 ``--test-images`` test images obfuscated the same way (a model trained on obfuscated images
 is used on them). ``recipes`` tries, clean and obfuscated, what commutes with the defense:
 ``augment`` (flips, and shifts by whole regions, applied after obfuscation) and ``tta``
-(test-time averaging of the softmax over ``--draws`` obfuscations). Prints one JSON line per arm and seed: final test accuracy, the mean loss
+(test-time averaging of the softmax over ``--draws`` obfuscations), and ``pretrain``
+(``--pretrain-steps`` on clean public images first: the first ``--public`` training images,
+which every arm of the study then leaves out of its own training data). Prints one JSON line per arm and seed: final test accuracy, the mean loss
 of the last 50 steps, and the loss oscillation = standard deviation of step-to-step loss
 differences over the last half; with several ``--seeds``, then one line per arm with the
 mean and spread (sample standard deviation) of the test accuracy.
@@ -41,7 +43,7 @@ STUDIES = {
     "scope": [("small-cnn", "adam", DEFAULT_TARGET_VFE, s, "plain") for s in (1, 2, 0)],
     "models": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
     "recipes": [("small-cnn", "adam", None, 1, r) for r in ("plain", "augment")]
-    + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta")],
+    + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta", "pretrain")],
     "curve": [("small-cnn", "adam", t, 1, "plain") for t in (None, DEFAULT_TARGET_VFE)],
 }
 REGION_SIZE = 8
@@ -53,9 +55,15 @@ def oscillation(losses: list[float]) -> float | None:
     return float(tail.diff().std()) if len(tail) > 2 else None  # None: too few steps to tell
 
 
-def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args) -> dict:
+def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args, public=None) -> dict:
     torch.manual_seed(seed)
     model = build_model(model_name, train.images.shape[1], train.num_classes)
+    pretrain_seconds = 0.0
+    if recipe == "pretrain":  # the server's own clean public images, then the clients' obfuscated ones
+        start = time.perf_counter()
+        train_steps(model, public.images, public.labels, make_optimizer(optimizer_name, model.parameters(),
+                    LEARNING_RATES[optimizer_name]), args.pretrain_steps, args.batch_size)
+        pretrain_seconds = time.perf_counter() - start
     mixer = None if target is None else VisualMixer(target, region_size=REGION_SIZE, region_scope=scope)
     batches = mixer
     if "augment" in recipe:  # after the shuffle: flips and whole-region shifts commute with it
@@ -93,6 +101,8 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
         "loss_oscillation": None if oscillation(losses) is None else round(oscillation(losses), 4),
         "train_seconds": round(seconds, 1),
         **({"curve": curve} if chunks > 1 else {}),
+        **({"pretrain_steps": args.pretrain_steps, "pretrain_seconds": round(pretrain_seconds, 1)}
+           if recipe == "pretrain" else {}),
     }
 
 
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--checkpoints", type=int, default=1, help="test accuracy at this many points (a curve)")
     parser.add_argument("--draws", type=int, default=4, help="recipes: obfuscations averaged at test time (tta)")
+    parser.add_argument("--public", type=int, default=10000, help="recipes: clean public images set aside")
+    parser.add_argument("--pretrain-steps", type=int, default=1000, help="recipes: steps on the public images")
     parser.add_argument("--seed", type=int, default=0, help="picks the test images")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (default: --seed)")
     args = parser.parse_args(argv)
@@ -113,11 +125,17 @@ def main(argv: list[str] | None = None) -> None:
     test = load_dataset(args.dataset, "test", args.data_dir)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     test = test.subset(pick[: args.test_images])
+    public = None
+    if args.study == "recipes":
+        if not 0 < args.public < len(train):
+            parser.error(f"--public {args.public}: must be in [1, {len(train) - 1}] for this training split")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
+        public, train = train.subset(order[: args.public]), train.subset(order[args.public :])
     seeds = args.seeds or [args.seed]
     for model_name, optimizer_name, target, scope, recipe in STUDIES[args.study]:
         accuracies = []
         for seed in seeds:
-            row = run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args)
+            row = run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args, public)
             accuracies.append(row["test_accuracy"])
             print(json.dumps(row), flush=True)
         if len(seeds) > 1:

@@ -32,11 +32,14 @@ def test_one_seed_prints_no_summary(capsys):
 
 
 def test_recipes_study_tries_augmentation_and_test_time_averaging(capsys):
-    ablation.main(["--study", "recipes", "--steps", "3", "--batch-size", "8", "--test-images", "10", "--draws", "2"])
+    ablation.main(["--study", "recipes", "--steps", "3", "--batch-size", "8", "--test-images", "10", "--draws", "2",
+                   "--public", "100", "--pretrain-steps", "2"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["target_vfe"], r["recipe"]) for r in lines] == [
-        (None, "plain"), (None, "augment"), (0.8, "plain"), (0.8, "augment"), (0.8, "tta"), (0.8, "augment+tta")
+        (None, "plain"), (None, "augment"), (0.8, "plain"), (0.8, "augment"), (0.8, "tta"), (0.8, "augment+tta"),
+        (0.8, "pretrain"),
     ]
+    assert lines[-1]["pretrain_steps"] == 2 and "pretrain_steps" not in lines[0]
 
 
 def test_curve_study_records_the_accuracy_at_each_checkpoint(capsys):
