@@ -1,9 +1,9 @@
 """Image classifiers, each a sequence of stages with a documented split-learning cut.
 
-Both models are ``nn.Sequential`` of stages, so the first ``cut`` stages can run on the edge
-client and the rest on the server (:func:`split_model`). Neither uses BatchNorm, so Opacus
-DP-SGD can train the same architecture: the small CNN has no normalisation layer,
-ResNet-18 uses GroupNorm.
+Every model is an ``nn.Sequential`` of stages, so the first ``cut`` stages can run on the
+edge client and the rest on the server (:func:`split_model`). None uses BatchNorm, so Opacus
+DP-SGD can train the same architecture: the small CNN and the region-invariant model have
+no normalisation layer, ResNet-18 uses GroupNorm.
 
 * ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-ReLU-maxpool, no normalisation)
   and a 2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
