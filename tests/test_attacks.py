@@ -90,7 +90,8 @@ def test_feature_decoder_inverts_unprotected_activations(data):
 
 def test_recogniser_recognises_clean_images_well_above_chance(data):
     public, public_labels, victims, labels = data
-    recogniser = train_recogniser(public, public_labels, 10, steps=250)
+    # The learning rate decays to zero (cosine): 400 steps reach about 0.4 on shapes.
+    recogniser = train_recogniser(public, public_labels, 10, steps=400)
     assert recognition_accuracy(recogniser, victims, labels) > 0.3
 
 
