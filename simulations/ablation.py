@@ -52,7 +52,7 @@ LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}
 
 def oscillation(losses: list[float]) -> float | None:
     tail = torch.tensor(losses[len(losses) // 2 :])
-    return float(tail.diff().std()) if len(tail) > 2 else None  # None: too few steps to tell
+    return round(float(tail.diff().std()), 4) if len(tail) > 2 else None  # None: too few steps to tell
 
 
 def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args, public=None) -> dict:
@@ -98,7 +98,7 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
         "test_accuracy": round(accuracy, 4),
         "test_loss": round(test_loss, 4),
         "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-        "loss_oscillation": None if oscillation(losses) is None else round(oscillation(losses), 4),
+        "loss_oscillation": oscillation(losses),
         "train_seconds": round(seconds, 1),
         **({"curve": curve} if chunks > 1 else {}),
         **({"pretrain_steps": args.pretrain_steps, "pretrain_seconds": round(pretrain_seconds, 1)}

@@ -103,8 +103,8 @@ def test_a_run_stopped_by_timeout_or_ctrl_c_says_so(simulation_env, tmp_path):
     rows = (tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()
     assert summary["rounds_completed"] <= len(rows)
 
-    # Output to a file, not a pipe: a SuperLink started by the run inherits the pipe and
-    # would keep it open after flwr_run has exited.
+    # Output to a file, not a pipe: a process the run starts (the SuperLink) may inherit a
+    # pipe and keep it open after flwr_run has exited.
     log = (tmp_path / "interrupted.log").open("w")
     interrupted = subprocess.Popen(
         [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "2",
