@@ -146,6 +146,9 @@ def test_a_supernode_killed_mid_run_is_logged_and_one_that_comes_back_takes_part
     assert lost and all(e["node"] != "0" and e["node"] != "1" for e in lost)  # named by its own id
 
 
+# Slow (about 5 min): in one of three full default-suite runs on 2 cores the resumed node did
+# not rejoin within the rounds left; it runs with `make test-slow`.
+@pytest.mark.slow
 def test_a_node_slower_than_the_round_timeout_is_left_out_and_takes_part_when_it_catches_up(federation, tmp_path):
     fed = federation
     fed.start_superlink()
