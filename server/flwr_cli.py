@@ -4,6 +4,7 @@ API: its routes take protobuf bodies)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,26 @@ def run_flwr(*args: str, timeout: float | None = 300) -> subprocess.CompletedPro
     return subprocess.run(
         [str(BIN / "flwr"), *args], cwd=ROOT, text=True, timeout=timeout, capture_output=True, env=flwr_env(),
     )
+
+
+class FlwrError(RuntimeError):
+    """A `flwr` command that failed; the message is Flower's own error text."""
+
+
+def flwr_json(*args: str, timeout: float | None = 300) -> dict:
+    """``flwr ARGS --format json``, parsed. With ``--format json`` the CLI exits 0 even when
+    the command failed (an unreachable SuperLink, an unknown run), so success is read from
+    the ``success`` field, never from the return code alone."""
+    result = run_flwr(*args, "--format", "json", timeout=timeout)
+    try:
+        data = json.loads(result.stdout or "")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or result.returncode != 0 or data.get("success") is False:
+        message = data.get("error-message", "") if isinstance(data, dict) else ""
+        message = message or (result.stderr or result.stdout or "").strip()[-500:]
+        raise FlwrError(f"`flwr {' '.join(args)}` failed: {message.strip()}")
+    return data
 
 
 def _processes() -> dict[int, list[bytes]]:
@@ -86,21 +107,51 @@ def foreign_superlink() -> str | None:
     )
 
 
-def stop_local_superlink(home: Path | None = None) -> None:
-    """Stop the managed local SuperLink of FLWR_HOME (or ``home``) and the simulation
-    processes it launched: a stopped run's process can otherwise linger, stuck, and slow
-    every run after it."""
+def session_id(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[3])  # fields after "(comm)": state ppid pgrp session
+
+
+def stop_local_superlink(home: Path | None = None, grace: float = 15.0) -> None:
+    """Stop the managed local SuperLink of FLWR_HOME (or ``home``) and everything it
+    launched: its SuperExec, the ``flwr-simulation`` process and Ray's processes. A stopped
+    run's processes can otherwise linger, stuck, and slow every run after it.
+
+    The SuperLink and its SuperExec each lead a session of their own (the SuperExec's holds
+    ``flwr-simulation`` and Ray), so both sessions are ended: SIGTERM to the SuperLink and
+    SIGKILL to the simulation, then, after ``grace`` seconds, SIGKILL to whatever of either
+    session is left (Ray's agents outlive their raylet otherwise)."""
     processes = _processes()
+    sessions: set[int] = set()
     for pid, cmdline in local_superlinks(processes, home).items():
-        port = cmdline[cmdline.index(b"--port") + 1] if b"--port" in cmdline else None
         print(f"stopping the local SuperLink (pid {pid})", file=sys.stderr)
-        os.kill(pid, signal.SIGTERM)
-        runtime = b"127.0.0.1:" + port if port else None
-        for child, args in processes.items():
-            if runtime and any(b"flwr-simulation" in a for a in args) and runtime in args:
-                os.kill(child, signal.SIGKILL)
-        # Wait for it to go: a command run right after (the next flwr_run) must not find it
-        # still answering and take it for a running SuperLink to keep.
-        deadline = time.monotonic() + 15
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        sessions.add(pid)
+        sessions.update(
+            sid for child, args in processes.items()
+            if b"--parent-pid" in args and args[args.index(b"--parent-pid") + 1:][:1] == [str(pid).encode()]
+            and (sid := session_id(child)) is not None
+        )
+        _kill(pid, signal.SIGTERM)
+    if not sessions:
+        return
+    for pid, args in processes.items():
+        if any(b"flwr-simulation" in a for a in args) and session_id(pid) in sessions:
+            _kill(pid, signal.SIGKILL)
+    # Wait for the SuperLink to go: a command run right after (the next flwr_run) must not
+    # find it still answering and take it for a running SuperLink to keep.
+    deadline = time.monotonic() + grace
+    while any(Path(f"/proc/{pid}").exists() for pid in sessions) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in _processes():
+        if session_id(pid) in sessions:
+            _kill(pid, signal.SIGKILL)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -18,7 +18,6 @@ checkout's SuperLink would run its own code and state).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import time
 from pathlib import Path
 
 from server.flwr_cli import (
-    BIN, ROOT, flwr_env, foreign_superlink, local_superlinks, run_flwr, stop_local_superlink,
+    BIN, ROOT, FlwrError, flwr_env, flwr_json, foreign_superlink, local_superlinks, run_flwr,
+    stop_local_superlink,
 )
 
 # Seconds between `flwr list` polls while the log still streams: each poll is a CLI start
@@ -69,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--federation-config", sizing]
     if args.run_config:
         command += ["--run-config", args.run_config]
-    submitted = json.loads(flwr(*command, "--format", "json"))
+    try:
+        submitted = flwr_json(*command)
+    except FlwrError as err:
+        raise SystemExit(f"flwr run did not start a run: {err}") from None
     if "run-id" not in submitted:
-        raise SystemExit(f"flwr run did not start a run: {submitted.get('error-message', submitted)}")
+        raise SystemExit(f"flwr run did not start a run: {submitted}")
     run_id = submitted["run-id"]
     print(f"run {run_id} submitted; following its log", flush=True)
     target = [args.superlink] if args.superlink else []
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if not status.startswith("finished"):  # follow() stopped it
         mark_stopped(args.run_config, f"stopped by simulations.flwr_run while {status} (--timeout "
                                       f"{args.timeout:g} s, --start-timeout {args.start_timeout:g} s)")
+    # Asked before the SuperLink is stopped: any `flwr` command starts a managed local
+    # SuperLink when none answers.
+    details = run_details(run_id, target) if status != "finished:completed" else ""
     if not args.superlink and (not local_running or not status.startswith("finished")):
         # Stop what this command started. A managed local SuperLink that left a run pending
         # is stopped too: it sometimes stops launching runs (its SuperExec died, or
@@ -96,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         stop_local_superlink()
     print(f"run {run_id}: {status}")
     if status != "finished:completed":
-        details = run_details(run_id, target)
         print(f"run {run_id} did not complete: {details or status}", file=sys.stderr)
     return 0 if status == "finished:completed" else 1
 
@@ -120,9 +125,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_row(run_id: int, target: list[str]) -> dict:
-    """``flwr list --run-id`` for one run: its status, status details, times, traffic."""
-    return json.loads(flwr("list", *target, "--run-id", str(run_id), "--format", "json"))["runs"][0]
+def run_row(run_id: int, target: list[str], attempts: int = 5) -> dict:
+    """``flwr list --run-id`` for one run: its status, status details, times, traffic. A
+    SuperLink busy past the CLI's 30 s request timeout (a loaded two-core machine) is asked
+    again, a few times, before the run is given up on."""
+    for attempt in range(attempts):
+        try:
+            return flwr_json("list", *target, "--run-id", str(run_id))["runs"][0]
+        except FlwrError as err:
+            if attempt == attempts - 1:
+                raise SystemExit(f"cannot read the status of run {run_id}: {err}") from None
+            print(f"{err}; asking again", file=sys.stderr)
+            time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def run_status(run_id: int, target: list[str]) -> str:

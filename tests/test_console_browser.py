@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_deployment import ROOT, free_port
+from tests.test_deployment import ROOT, flwr_json, free_port
 from tests.test_simulation import simulation_env  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.console
@@ -63,9 +63,7 @@ def start_console(env, runs: Path, host: str, port: int, superlink: str | None =
 
 
 def flwr_status(env, run_id: str) -> str:
-    result = subprocess.run([str(Path(sys.executable).parent / "flwr"), "list", "--run-id", run_id, "--format", "json"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    return json.loads(result.stdout)["runs"][0]["status"]
+    return flwr_json(env, "list", "--run-id", run_id)["runs"][0]["status"]
 
 
 def shoot(page, tmp_path: Path, name: str) -> None:

@@ -63,6 +63,7 @@ def federation(tmp_path_factory):
         f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
     try:
+        wait_for_superlink(env, "e2e", logs / "superlink.log")
         yield env, logs
     finally:
         for proc in procs:
@@ -80,6 +81,29 @@ def flwr(env, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
+def flwr_json(env, *args: str, timeout: float = 120) -> dict:
+    """``flwr ARGS --format json``, parsed. That format exits 0 on failure too (an
+    unreachable SuperLink included), so the ``success`` field is what is checked."""
+    data = json.loads(flwr(env, *args, "--format", "json", timeout=timeout))
+    assert data.get("success") is not False, f"flwr {' '.join(args)}: {data.get('error-message')}"
+    return data
+
+
+def wait_for_superlink(env, connection: str, log: Path, timeout: float = 90) -> None:
+    """Until the SuperLink answers `flwr list` (it takes seconds to start on two cores)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = subprocess.run([str(BIN / "flwr"), "list", connection, "--format", "json"], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        try:
+            if json.loads(result.stdout).get("success"):
+                return
+        except ValueError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the SuperLink did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
 @pytest.mark.parametrize("exchange", ["weights", "images", "activations"])
 def test_real_superlink_and_supernodes(federation, tmp_path, exchange):
     env, logs = federation
@@ -87,11 +111,11 @@ def test_real_superlink_and_supernodes(federation, tmp_path, exchange):
         f"exchange='{exchange}' num-server-rounds=2 local-steps=3 upload-samples=32 server-steps=3 "
         f"eval-samples=40 min-replies=2 round-timeout=120 output-dir='{tmp_path}' run-name='{exchange}'"
     )
-    started = json.loads(flwr(env, "run", ".", "e2e", "--run-config", overrides, "--format", "json"))
+    started = flwr_json(env, "run", ".", "e2e", "--run-config", overrides)
     run_id = started["run-id"]
     status, deadline = "", time.time() + 400
     while time.time() < deadline:
-        runs = json.loads(flwr(env, "list", "e2e", "--run-id", str(run_id), "--format", "json"))["runs"]
+        runs = flwr_json(env, "list", "e2e", "--run-id", str(run_id))["runs"]
         status = runs[0]["status"]
         if status.startswith("finished"):
             break
@@ -114,9 +138,9 @@ def test_console_shows_the_runs_and_supernodes_of_a_real_superlink(federation, t
     env, _ = federation
     overrides = (f"exchange='weights' num-server-rounds=1 local-steps=2 eval-samples=20 min-replies=2 "
                  f"round-timeout=120 output-dir='{tmp_path}' run-name='watched'")
-    run_id = json.loads(flwr(env, "run", ".", "e2e", "--run-config", overrides, "--format", "json"))["run-id"]
+    run_id = flwr_json(env, "run", ".", "e2e", "--run-config", overrides)["run-id"]
     deadline = time.time() + 300
-    while not json.loads(flwr(env, "list", "e2e", "--run-id", str(run_id), "--format", "json"))["runs"][0]["status"].startswith("finished"):
+    while not flwr_json(env, "list", "e2e", "--run-id", str(run_id))["runs"][0]["status"].startswith("finished"):
         assert time.time() < deadline
         time.sleep(2)
     for key in ("FLWR_HOME", "PATH"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_deployment import BIN, ROOT, flwr, flwr_env, free_port
+from tests.test_deployment import BIN, ROOT, flwr, flwr_env, flwr_json, free_port, wait_for_superlink
 
 pytestmark = pytest.mark.deployment
 SMALL = "exchange='weights' local-steps=2 eval-samples=20 batch-size=16"
@@ -47,13 +47,7 @@ class Federation:
                 "--ssl-keyfile", str(self.certs / "server.key")] if self.certs else ["--insecure"])
         self._start("superlink", "flower-superlink", *tls, "--host", "127.0.0.1", "--port", str(self.port),
                     "--database", str(self.home / "state.db"), *extra)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if subprocess.run([str(BIN / "flwr"), "list", "fed", "--format", "json"], env=self.env, cwd=ROOT,
-                              capture_output=True, timeout=60).returncode == 0:
-                return
-            time.sleep(1)
-        raise RuntimeError((self.logs / "superlink.log").read_text()[-3000:])
+        wait_for_superlink(self.env, "fed", self.logs / "superlink.log")
 
     def start_supernode(self, name: str, partition: int, partitions: int, *extra: str) -> None:
         security = ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
@@ -86,10 +80,10 @@ class Federation:
 
     def run(self, output: Path, name: str, overrides: str) -> str:
         config = f"{SMALL} output-dir='{output}' run-name='{name}' {overrides}"
-        return json.loads(flwr(self.env, "run", ".", "fed", "--run-config", config, "--format", "json"))["run-id"]
+        return flwr_json(self.env, "run", ".", "fed", "--run-config", config)["run-id"]
 
     def status(self, run_id: str) -> str:
-        return json.loads(flwr(self.env, "list", "fed", "--run-id", str(run_id), "--format", "json"))["runs"][0]["status"]
+        return flwr_json(self.env, "list", "fed", "--run-id", str(run_id))["runs"][0]["status"]
 
     def wait_finished(self, run_id: str, timeout: float = 600) -> str:
         deadline = time.time() + timeout
@@ -146,16 +140,15 @@ def test_a_supernode_killed_mid_run_is_logged_and_one_that_comes_back_takes_part
     assert lost and all(e["node"] != "0" and e["node"] != "1" for e in lost)  # named by its own id
 
 
-# Slow (about 5 min): in one of three full default-suite runs on 2 cores the resumed node did
-# not rejoin within the rounds left; it runs with `make test-slow`.
-@pytest.mark.slow
 def test_a_node_slower_than_the_round_timeout_is_left_out_and_takes_part_when_it_catches_up(federation, tmp_path):
     fed = federation
     fed.start_superlink()
     for i in range(3):
         fed.start_supernode(f"node{i}", i, 3)
     output = tmp_path / "runs"
-    run_id = fed.run(output, "slow", "num-server-rounds=6 min-replies=1 round-timeout=45")
+    # Rounds to spare after the resume: the node first works through what it was sent while
+    # stalled (each a fresh ClientApp process on a busy machine) before a reply is on time.
+    run_id = fed.run(output, "slow", "num-server-rounds=8 min-replies=1 round-timeout=45")
     folder = output / "slow"
     wait_for_round(folder, 1)
     fed.pause("node2")
@@ -163,9 +156,9 @@ def test_a_node_slower_than_the_round_timeout_is_left_out_and_takes_part_when_it
     fed.resume("node2")
     assert fed.wait_finished(run_id, timeout=900) == "finished:completed", flwr(fed.env, "log", run_id, "fed", "--show")[-3000:]
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(r["status"] == "completed" for r in rows)
+    assert [r["round"] for r in rows] == list(range(1, 9)) and all(r["status"] == "completed" for r in rows)
     assert rows[0]["replies"] == 3 and rows[1]["replies"] == 2  # round 2 went on without it
-    assert rows[-1]["replies"] == 3  # it caught up and takes part again
+    assert any(r["replies"] == 3 for r in rows[3:]), rows  # it caught up and takes part again
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
     assert any(e["round"] == 2 and e["outcome"] == "silent" for e in events)
 
@@ -207,7 +200,7 @@ def test_tls_and_supernode_auth_admit_only_registered_nodes_with_the_ca(tmp_path
         assert fed.wait_finished(run_id) == "finished:completed", flwr(fed.env, "log", run_id, "fed", "--show")[-3000:]
         rows = [json.loads(line) for line in (output / "tls" / "metrics.jsonl").read_text().splitlines()]
         assert rows[0]["replies"] == 1
-        nodes = json.loads(flwr(fed.env, "supernode", "list", "fed", "--format", "json"))["nodes"]
+        nodes = flwr_json(fed.env, "supernode", "list", "fed")["nodes"]
         assert [n["status"] for n in nodes] == ["online"], nodes
         assert "2004" in (fed.logs / "unregistered.log").read_text()  # refused: not registered
         assert "2001" in (fed.logs / "no-key.log").read_text()  # refused: no key at all

@@ -7,14 +7,13 @@ address ``:local:``) is only asked while it is running: `flwr` would otherwise s
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
 import tomllib
 from typing import Any
 
-from server.flwr_cli import flwr_home, local_superlinks, run_flwr
+from server.flwr_cli import FlwrError, flwr_home, flwr_json, local_superlinks
 
 CACHE_SECONDS = 10.0
 
@@ -57,16 +56,11 @@ class FlowerLink:
             if not ok:
                 raise SuperLinkError(why)
             try:
-                result = run_flwr(*args, self.connection, "--format", "json", timeout=60)
+                data = flwr_json(*args, self.connection, timeout=60)
             except subprocess.TimeoutExpired as err:
                 raise SuperLinkError(f"`flwr {' '.join(args)}` did not answer within 60 s") from err
-            try:
-                data = json.loads(result.stdout or "{}")
-            except ValueError:
-                data = {}
-            if result.returncode != 0 or not data.get("success", False):
-                message = data.get("error-message") or (result.stderr or result.stdout or "").strip()[-500:]
-                raise SuperLinkError(f"`flwr {' '.join(args)} {self.connection}` failed: {message}")
+            except FlwrError as err:
+                raise SuperLinkError(str(err)) from err
             self._cache[key] = (time.monotonic(), data)
             return data
 
