@@ -44,7 +44,7 @@ STUDIES = {
     "models": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
     "recipes": [("small-cnn", "adam", None, 1, r) for r in ("plain", "augment")]
     + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta", "pretrain")],
-    "curve": [("small-cnn", "adam", t, 1, "plain") for t in (None, DEFAULT_TARGET_VFE)],
+    "curve": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
 }
 REGION_SIZE = 8
 LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}

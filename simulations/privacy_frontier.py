@@ -16,7 +16,13 @@ Scored on ``--victims`` test images, obfuscated with the setting:
   trained on clean public images), ``statistics_obf`` (the same with the setting's region
   moves, trained on obfuscated public images), ``mosaic_trained`` (a recogniser trained on
   mosaics of public images), ``linkage`` (the original found among ``--pool`` candidates).
+* reconstruction: ``inverse`` (the recogniser on what a U-Net trained on public images
+  obfuscated with the setting, region moves included, makes of the victims' images) and
+  its ``inverse_psnr`` (dB) against the originals.
 * ``floor``: global colour alone (region = the whole image), which nothing here changes.
+
+A setting is ``none`` or ``VFE:REGION:SCOPE``, with ``:mono`` appended for a shuffle that
+keeps each value in its channel (``chromatic=False``); every attacker is told which.
 
 One JSON line per setting, plus a first line with the recogniser's clean accuracy.
 ``--table FILE.jsonl`` prints such a file as a markdown table instead of running.
@@ -35,48 +41,66 @@ from common.attacks import (
     cached_recogniser,
     link_originals,
     mosaic_attack,
+    psnr,
     recognition_accuracy,
+    train_inverse_network,
     train_mosaic_recogniser,
     train_statistics_classifier,
 )
+from common.attacks.metrics import as_unit
 from common.data import load_dataset
 from common.models import build_model
 from common.training import evaluate, make_optimizer, resolve_device, train_steps
 from common.visualmixer import VisualMixer, visual_feature_entropy
 
-# (target VFE, region size, region scope); None = no defense.
+# (target VFE, region size, region scope, chromatic); None = no defense.
 SETTINGS = (
     None,
-    (0.8, 8, 1), (0.8, 8, 2), (0.8, 8, 0),
-    (0.8, 4, 1), (0.8, 4, 0),
-    (0.5, 8, 1), (1.0, 8, 1),
+    (0.8, 8, 1, True), (0.8, 8, 2, True), (0.8, 8, 0, True),
+    (0.8, 4, 1, True), (0.8, 4, 0, True),
+    (0.5, 8, 1, True), (1.0, 8, 1, True), (0.8, 8, 1, False),
 )
 
 
-def parse_setting(text: str) -> tuple[float, int, int] | None:
-    """``none`` or ``VFE:REGION:SCOPE`` (e.g. ``0.8:8:0``)."""
+def parse_setting(text: str) -> tuple[float, int, int, bool] | None:
+    """``none`` or ``VFE:REGION:SCOPE[:mono]`` (e.g. ``0.8:8:0``, ``0.8:8:1:mono``)."""
     if text == "none":
         return None
+    parts = text.split(":")
     try:
-        target, region, scope = text.split(":")
-        return float(target), int(region), int(scope)
+        if len(parts) not in (3, 4) or parts[3:] not in ([], ["mono"]):
+            raise ValueError(text)
+        return float(parts[0]), int(parts[1]), int(parts[2]), len(parts) == 3
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--settings item {text!r}: expected none or VFE:REGION:SCOPE") from err
+        raise argparse.ArgumentTypeError(
+            f"--settings item {text!r}: expected none or VFE:REGION:SCOPE[:mono]") from err
+
+
+def setting_name(setting: tuple[float, int, int, bool] | None) -> str:
+    if setting is None:
+        return "none"
+    target, region, scope, chromatic = setting
+    return f"vfe{target:g}-r{region}-scope{scope}" + ("" if chromatic else "-mono")
 
 
 def measure(setting, train, public, victims, pool, recogniser, floor: float, args, mosaic_nets: dict) -> dict:
     device = resolve_device(args.device)
-    mixer = None if setting is None else VisualMixer(setting[0], region_size=setting[1], region_scope=setting[2], seed=args.seed)
-    region, scope = (8, 1) if setting is None else setting[1:]
+    target, region, scope, chromatic = (None, 8, 1, True) if setting is None else setting
+
+    def mixer_with(seed: int | None) -> VisualMixer | None:
+        return None if setting is None else VisualMixer(target, region_size=region, region_scope=scope,
+                                                        chromatic=chromatic, seed=seed)
+
+    mixer = mixer_with(args.seed)
     observed = mixer(victims.images) if mixer is not None else victims.images
-    row: dict = {"setting": "none" if setting is None else f"vfe{setting[0]:g}-r{region}-scope{scope}",
-                 "target_vfe": None if setting is None else setting[0], "region_size": region, "region_scope": scope,
+    row: dict = {"setting": setting_name(setting), "target_vfe": target, "region_size": region,
+                 "region_scope": scope, "chromatic": chromatic,
                  "mean_vfe": round(float(visual_feature_entropy(observed, region).mean()), 4)}
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     model = build_model("small-cnn", 3, train.num_classes).to(device)
-    fresh = None if setting is None else VisualMixer(setting[0], region_size=region, region_scope=scope)
+    fresh = mixer_with(None)
     train_steps(model, train.images, train.labels, make_optimizer("adam", model.parameters(), 1e-3),
                 args.steps, 64, fresh, device=device, generator=torch.Generator().manual_seed(args.seed))
     row["test_accuracy"], _ = evaluate(model.cpu(), victims.images, victims.labels, mixer)
@@ -84,24 +108,33 @@ def measure(setting, train, public, victims, pool, recogniser, floor: float, arg
 
     y = victims.labels
     row["observed"] = recognition_accuracy(recogniser, observed, y)
-    row["mosaic"] = recognition_accuracy(recogniser, mosaic_attack(observed, region), y)
+    row["mosaic"] = recognition_accuracy(recogniser, mosaic_attack(observed, region, chromatic), y)
     statistics = train_statistics_classifier(public.images, public.labels, train.num_classes, region_size=region,
-                                             steps=args.statistics_steps, seed=args.seed)
+                                             chromatic=chromatic, steps=args.statistics_steps, seed=args.seed)
     row["statistics"] = recognition_accuracy(statistics, observed, y)
     if mixer is not None:
-        obfuscated_public = VisualMixer(setting[0], region_size=region, region_scope=scope, seed=args.seed + 7)(public.images)
+        obfuscated_public = mixer_with(args.seed + 7)(public.images)
         adaptive = train_statistics_classifier(obfuscated_public, public.labels, train.num_classes, region_size=region,
-                                               region_scope=scope, steps=args.statistics_steps, seed=args.seed)
+                                               chromatic=chromatic, region_scope=scope, steps=args.statistics_steps,
+                                               seed=args.seed)
         row["statistics_obf"] = recognition_accuracy(adaptive, observed, y)
         if region not in mosaic_nets:
             mosaic_nets[region] = train_mosaic_recogniser(public.images, public.labels, train.num_classes, region,
                                                           steps=args.adaptive_steps, device=device, seed=args.seed)
         row["mosaic_trained"] = recognition_accuracy(mosaic_nets[region], observed, y)
-    linked = link_originals(observed, pool, region, region_scope=scope)
+        if args.inverse_steps:
+            inverse = train_inverse_network(public.images, mixer_with(args.seed + 11), steps=args.inverse_steps,
+                                            device=device, seed=args.seed).cpu().eval()
+            with torch.no_grad():
+                rebuilt = torch.cat([inverse(as_unit(chunk)) for chunk in observed.split(250)])
+            row["inverse"] = recognition_accuracy(recogniser, rebuilt, y)
+            row["inverse_psnr"] = float(psnr(rebuilt, as_unit(victims.images)).mean())
+    linked = link_originals(observed, pool, region, chromatic=chromatic, region_scope=scope)
     row["linkage"] = float((linked == torch.arange(len(y))).float().mean())
     row["floor"] = floor
     non_adaptive = max(row["observed"], row["mosaic"])
-    adaptive_best = max(v for k, v in row.items() if k in ("observed", "mosaic", "statistics", "statistics_obf", "mosaic_trained"))
+    adaptive_best = max(v for k, v in row.items()
+                        if k in ("observed", "mosaic", "statistics", "statistics_obf", "mosaic_trained", "inverse"))
     row["best_non_adaptive"], row["best_adaptive"] = non_adaptive, adaptive_best
     row["adaptive_above_floor"] = round(adaptive_best - floor, 4)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
@@ -112,6 +145,7 @@ TABLE = (
     ("setting", "setting"), ("mean VFE", "mean_vfe"), ("test accuracy", "test_accuracy"),
     ("observed", "observed"), ("mosaic", "mosaic"), ("statistics", "statistics"),
     ("statistics, obfuscation-trained", "statistics_obf"), ("mosaic-trained", "mosaic_trained"),
+    ("inverse network", "inverse"), ("inverse PSNR (dB)", "inverse_psnr"),
     ("best non-adaptive", "best_non_adaptive"), ("best adaptive", "best_adaptive"),
     ("best adaptive above floor", "adaptive_above_floor"), ("linkage", "linkage"),
 )
@@ -142,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recogniser-steps", type=int, default=6000)
     parser.add_argument("--adaptive-steps", type=int, default=1500)
     parser.add_argument("--statistics-steps", type=int, default=3000)
+    parser.add_argument("--inverse-steps", type=int, default=1000, help="the inverse network's steps (0: not run)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

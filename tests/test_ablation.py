@@ -45,6 +45,7 @@ def test_recipes_study_tries_augmentation_and_test_time_averaging(capsys):
 def test_curve_study_records_the_accuracy_at_each_checkpoint(capsys):
     ablation.main(["--study", "curve", "--steps", "6", "--checkpoints", "3", "--batch-size", "8", "--test-images", "10"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["target_vfe"] for r in lines] == [None, 0.8]
+    assert [(r["model"], r["target_vfe"]) for r in lines] == [
+        ("small-cnn", None), ("small-cnn", 0.8), ("region-invariant", None), ("region-invariant", 0.8)]
     for row in lines:
         assert [step for step, _ in row["curve"]] == [2, 4, 6] and row["curve"][-1][1] == row["test_accuracy"]

@@ -10,14 +10,15 @@ import pytest
 from simulations import privacy_frontier
 
 ATTACKS = ("observed", "mosaic", "statistics")
-ADAPTIVE = ("statistics_obf", "mosaic_trained")
+ADAPTIVE = ("statistics_obf", "mosaic_trained", "inverse")
 
 
 def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
     out = tmp_path / "frontier.jsonl"
     code = privacy_frontier.main([
-        "--settings", "none", "0.8:8:1", "0.8:8:0", "--public", "300", "--victims", "40", "--pool", "120",
-        "--steps", "3", "--recogniser-steps", "3", "--adaptive-steps", "3", "--statistics-steps", "5",
+        "--settings", "none", "0.8:8:1", "0.8:8:0", "0.8:8:1:mono", "--public", "300", "--victims", "40",
+        "--pool", "120", "--steps", "3", "--recogniser-steps", "3", "--adaptive-steps", "3", "--statistics-steps", "5",
+        "--inverse-steps", "3",
         "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "cache"),
     ])
     assert code == 0
@@ -25,12 +26,14 @@ def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
     assert rows == [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     head, settings = rows[0], {r["setting"]: r for r in rows[1:]}
     assert head["recogniser_reused"] is False and head["pool"] == 120 and 0 <= head["floor"] <= 1
-    assert list(settings) == ["none", "vfe0.8-r8-scope1", "vfe0.8-r8-scope0"]
+    assert list(settings) == ["none", "vfe0.8-r8-scope1", "vfe0.8-r8-scope0", "vfe0.8-r8-scope1-mono"]
+    assert [r["chromatic"] for r in settings.values()] == [True, True, True, False]
     for name, row in settings.items():
         columns = ATTACKS + (ADAPTIVE if name != "none" else ())
         assert all(0 <= row[c] <= 1 for c in columns + ("test_accuracy", "linkage"))
         assert row["best_adaptive"] == max(row[c] for c in columns)
         assert row["floor"] == head["floor"]
+        assert (name == "none") == ("inverse_psnr" not in row)
     assert settings["vfe0.8-r8-scope1"]["mean_vfe"] >= 0.8 - 0.05
     # Every region's multiset survives an in-region shuffle, and the set of them survives
     # moving regions: the original is found among the candidates at every setting.
@@ -43,11 +46,14 @@ def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
     capsys.readouterr()
     assert privacy_frontier.main(["--table", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| setting | mean VFE | test accuracy |") and len(table) == 2 + 4
+    assert table[0].startswith("| setting | mean VFE | test accuracy |") and len(table) == 2 + 5
     assert table[3].startswith("| vfe0.8-r8-scope1 |") and "| - |" in table[2]  # none has no adaptive columns
 
 
 def test_a_malformed_setting_names_the_flag(capsys):
     with pytest.raises(SystemExit):
         privacy_frontier.main(["--settings", "0.8:8", "--out", "x.jsonl"])
-    assert "--settings item '0.8:8': expected none or VFE:REGION:SCOPE" in capsys.readouterr().err
+    assert "--settings item '0.8:8': expected none or VFE:REGION:SCOPE[:mono]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        privacy_frontier.main(["--settings", "0.8:8:1:grey", "--out", "x.jsonl"])
+    assert "--settings item '0.8:8:1:grey'" in capsys.readouterr().err
