@@ -33,8 +33,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common.data import DATASETS, ImageSet, load_dataset
+from common.data import DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSet, load_dataset
+from common.models import MODELS
 from common.run_config import EXCHANGES
+from common.visualmixer.invariants import default_region_size
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.5, 0.8, 1.0)
@@ -68,6 +70,8 @@ class Preset:
     arm_timeout: int  # seconds before a stuck run is stopped and retried
     parallel_runs: int  # arms whose `flwr run` goes on at the same time
     ray_cpus: int  # CPUs each run's Ray may use = ClientApp actors (0 = all)
+    model: str = "small-cnn"  # what every arm trains, and what the activations/weights attacks load
+    image_size: int = 32  # every image is resized to this side (the app's image-size)
 
 
 PRESETS = {
@@ -99,7 +103,7 @@ PRESETS = {
         attack_victims=1000, recogniser_steps=8000, recogniser_augment=True, adaptive_steps=4000,
         statistics_steps=4000, linkage_pool=1000, inverse_steps=4000, decoder_steps=4000,
         inversion_steps=2000, inversion_batches=8, inversion_batch_size=4, network_width=32,
-        arm_timeout=7200, parallel_runs=1, ray_cpus=0,
+        arm_timeout=7200, parallel_runs=1, ray_cpus=0, model="resnet18-gn",
     ),
 }
 
@@ -112,15 +116,17 @@ class Arm:
     epsilon: float | None = None
     region_size: int = 8
     region_scope: int = 1
+    image_size: int = 32
 
     @property
     def setting(self) -> str:
+        """The defense's settings that differ from the app's defaults for the image size."""
         parts = []
         if self.target_vfe is not None:
             parts.append(f"vfe{self.target_vfe:g}")
             if self.region_scope != 1:
                 parts.append(f"scope{self.region_scope}")
-            if self.region_size != 8:
+            if self.region_size != default_region_size(self.image_size):
                 parts.append(f"r{self.region_size}")
         if self.epsilon is not None:
             parts.append(f"eps{self.epsilon:g}")
@@ -137,29 +143,35 @@ class Arm:
         return f"{self.exchange}-{self.label}"
 
 
-# The project's own protection beyond the paper: regions moved within 2x2 groups or
-# anywhere, and a finer region grid; in the images exchange, where the mosaic is exposed.
-SCOPE_ARMS = (
-    Arm("images", "visualmixer", target_vfe=0.8, region_scope=2),
-    Arm("images", "visualmixer", target_vfe=0.8, region_scope=0),
-    Arm("images", "visualmixer", target_vfe=0.8, region_size=4),
-)
+def scope_arms(region_size: int = 8) -> tuple[Arm, ...]:
+    """The project's own protection beyond the paper: regions moved within 2x2 groups or
+    anywhere, and a grid of regions half the size; in the images exchange, where the mosaic
+    is exposed."""
+    return (
+        Arm("images", "visualmixer", target_vfe=0.8, region_size=region_size, region_scope=2),
+        Arm("images", "visualmixer", target_vfe=0.8, region_size=region_size, region_scope=0),
+        Arm("images", "visualmixer", target_vfe=0.8, region_size=region_size // 2),
+    )
 
 
-def matrix() -> list[Arm]:
-    """Every valid (exchange, defense, setting) arm; dp-sgd never with images."""
+def matrix(image_size: int = 32) -> list[Arm]:
+    """Every valid (exchange, defense, setting) arm; dp-sgd never with images. Regions are
+    the app's default for ``image_size`` (8 px at 32, 16 at 64, 32 at 224)."""
+    region = default_region_size(image_size)
     defenses = [Arm("", "none")]
     defenses += [Arm("", "visualmixer", target_vfe=t) for t in TARGETS]
     defenses += [Arm("", "dp-sgd", epsilon=e) for e in EPSILONS]
     defenses += [Arm("", "visualmixer+dp-sgd", target_vfe=0.8, epsilon=8.0)]
+    sized = {"region_size": region, "image_size": image_size}
     arms = [
-        replace(d, exchange=x)
+        replace(d, exchange=x, **sized)
         for x in EXCHANGES
         for d in defenses
         if not (x == "images" and "dp-sgd" in d.defense)
     ]
     last_images = max(i for i, a in enumerate(arms) if a.exchange == "images")
-    return arms[: last_images + 1] + list(SCOPE_ARMS) + arms[last_images + 1 :]
+    scoped = [replace(a, image_size=image_size) for a in scope_arms(region)]
+    return arms[: last_images + 1] + scoped + arms[last_images + 1 :]
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -215,15 +227,28 @@ def prepare_data(dataset: str, data_dir: str | None, preset: Preset, out: Path, 
             _link_folder([test.samples[i] for i in test_pick.tolist()], test.classes, folder / "test")
             _link_folder([train.samples[i] for i in public.tolist()], train.classes, public_dir / "train")
         else:
-            train = load_dataset(dataset, "train", data_dir or None, seed=seed)
-            test = load_dataset(dataset, "test", data_dir or None, seed=seed)
+            train = load_dataset(dataset, "train", data_dir or None, image_size=preset.image_size, seed=seed)
+            test = load_dataset(dataset, "test", data_dir or None, image_size=preset.image_size, seed=seed)
             public, victims = _split(len(train), preset, seed)
             test_order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed + 1))
             write_folder(train.subset(victims), folder / "train")
             write_folder(test.subset(test_order[: preset.test] if preset.test else test_order), folder / "test")
             write_folder(train.subset(public), public_dir / "train")
         (folder / "done").write_text("ok\n")
-    return folder, load_dataset("folder", "train", public_dir)
+    return folder, load_dataset("folder", "train", public_dir, image_size=preset.image_size)
+
+
+def check_same_setup(out: Path, setup: dict) -> None:
+    """Completed arms and prepared data in ``out`` are reused: refuse a different data set,
+    model or image size there, which would mix runs that cannot be compared."""
+    path = out / "setup.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in setup.items() if before.get(k, v) != v}
+        if changed:
+            detail = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+            raise SystemExit(f"--out {str(out)!r} holds a compare with another setup ({detail}): use another --out")
+    path.write_text(json.dumps(setup) + "\n")
 
 
 # -- training -----------------------------------------------------------------------------
@@ -233,7 +258,7 @@ def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> s
         "num-server-rounds": preset.rounds, "local-steps": preset.local_steps,
         "batch-size": preset.batch_size, "upload-samples": preset.upload_samples,
         "server-steps": preset.server_steps, "learning-rate": preset.learning_rate,
-        "model": "small-cnn", "eval-samples": 250, "seed": seed,
+        "model": preset.model, "image-size": preset.image_size, "eval-samples": 250, "seed": seed,
         "output-dir": str(runs), "run-name": arm.name,
         "target-vfe": arm.target_vfe if arm.target_vfe is not None else 0.8,
         "target-epsilon": arm.epsilon if arm.epsilon is not None else 8.0,
@@ -321,11 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=0, help="override the preset's rounds")
     parser.add_argument("--parallel", type=int, default=0, help="arms trained at once (default: the preset's)")
     parser.add_argument("--attack-scale", type=float, default=1.0, help="scale every attack's step count")
+    parser.add_argument("--model", choices=sorted(MODELS), default=None, help="override the preset's model")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="override the preset's image side (even, resized as the app does; regions scale with it)")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
     if args.rounds:
         preset = replace(preset, rounds=args.rounds)
+    if args.model:
+        preset = replace(preset, model=args.model)
+    if args.image_size:
+        if args.image_size % 2 or not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+            parser.error(f"--image-size {args.image_size}: must be even, in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+        preset = replace(preset, image_size=args.image_size)
     if args.attack_scale != 1.0:
         scaled = {k: max(1, int(getattr(preset, k) * args.attack_scale))
                   for k in ("recogniser_steps", "adaptive_steps", "statistics_steps", "inverse_steps",
@@ -335,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(exchanges) - set(EXCHANGES))
     if unknown:
         parser.error(f"--exchanges {','.join(unknown)} unknown; choose from {','.join(EXCHANGES)}")
-    arms = [a for a in matrix() if a.exchange in exchanges]
+    arms = [a for a in matrix(preset.image_size) if a.exchange in exchanges]
     if args.defenses:
         wanted = set(args.defenses.split(","))
-        known = {a.label for a in matrix()}
+        known = {a.label for a in matrix(preset.image_size)}
         if wanted - known:
             parser.error(f"--defenses {','.join(sorted(wanted - known))} unknown; choose from {','.join(sorted(known))}")
         arms = [a for a in arms if a.label in wanted]
@@ -348,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    check_same_setup(out, {"dataset": args.dataset, "model": preset.model, "image_size": preset.image_size})
     started = time.time()
     print(f"[compare] preset {args.preset}: {len(arms)} arms on {args.dataset} -> {out}", flush=True)
     data, public = prepare_data(args.dataset, args.data_dir, preset, out, args.seed)

@@ -103,7 +103,7 @@ class AttackStage:
     def __init__(self, preset, data: Path, public: ImageSet, seed: int, cache: Path) -> None:
         self.preset, self.public, self.seed = preset, public, seed
         self.device = resolve_device("auto")
-        test = load_dataset("folder", "test", data)
+        test = load_dataset("folder", "test", data, image_size=preset.image_size)
         # A seeded random sample: the folder is sorted by class, so its first images are not.
         pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
         self.victims = test.subset(pick[: preset.attack_victims])
@@ -175,9 +175,11 @@ class AttackStage:
         self._adaptive[key] = net.cpu().eval()
         return self._adaptive[key]
 
-    def model(self, out: Path, name: str) -> torch.nn.Sequential:
-        model = build_model("small-cnn", self.victims.images.shape[1], self.num_classes)
-        model.load_state_dict(torch.load(out / "runs" / name / "final_model.pt", weights_only=True))
+    def model(self, out: Path, arm) -> torch.nn.Sequential:
+        """The arm's trained global model, built as the app built it."""
+        model = build_model(self.preset.model, self.victims.images.shape[1], self.num_classes,
+                            image_size=self.preset.image_size, region_size=arm.region_size)
+        model.load_state_dict(torch.load(out / "runs" / arm.name / "final_model.pt", weights_only=True))
         return model.eval()
 
     # -- per exchange ---------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
         row["mean_vfe"] = sum(vfes) / len(vfes) if vfes else None
         row["seconds_per_round"] = sum(r["seconds"] for r in history) / len(history)
         row["bytes_per_round"] = sum(r["bytes-up"] + r["bytes-down"] for r in history) / len(history)
-        model = stage.model(out, arm.name)
+        model = stage.model(out, arm)
         classified: dict[str, tuple[float, int]] = {}
         if arm.exchange == "activations":
             # The server holds only the top: its accuracy is the clients' federated evaluation.

@@ -24,6 +24,40 @@ def test_matrix_covers_every_defense_per_exchange_but_never_dp_with_images():
     assert len({a.name for a in arms}) == len(arms)
 
 
+def test_arms_regions_scale_with_the_image_size_and_reach_the_run_config(tmp_path):
+    from dataclasses import replace
+
+    from simulations.compare import PRESETS, run_config
+
+    arms = {a.name: a for a in matrix(64)}
+    assert len(arms) == len(matrix())
+    assert arms["images-vm-vfe0.8"].region_size == 16 and arms["images-vm-vfe0.8+r8"].region_size == 8
+    preset = replace(PRESETS["quick"], image_size=64, model="region-invariant")
+    config = run_config(arms["images-vm-vfe0.8+scope0"], preset, tmp_path, tmp_path, 0)
+    for key in ("image-size=64", "region-size=16", "region-scope=0", 'model="region-invariant"'):
+        assert key in config
+    assert PRESETS["full"].model == "resnet18-gn"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "63"], "--image-size 63: must be even"),
+    (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+])
+def test_a_bad_image_size_or_model_is_refused(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "simulations.compare", "--out", str(tmp_path), *args],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_an_out_dir_of_another_setup_is_refused(tmp_path):
+    from simulations.compare import check_same_setup
+
+    check_same_setup(tmp_path, {"dataset": "shapes", "model": "small-cnn", "image_size": 32})
+    check_same_setup(tmp_path, {"dataset": "shapes", "model": "small-cnn", "image_size": 32})  # the same: reused
+    with pytest.raises(SystemExit, match="image_size 32 there, 64 now"):
+        check_same_setup(tmp_path, {"dataset": "shapes", "model": "small-cnn", "image_size": 64})
+
+
 def test_unknown_defense_label_is_refused(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "simulations.compare", "--out", str(tmp_path), "--defenses", "vm-0.8"],
@@ -77,9 +111,11 @@ def test_scope_arms_are_in_the_images_exchange_and_reach_the_run_config(tmp_path
         assert key in run_config(arms[name], PRESETS["quick"], tmp_path, tmp_path, 0)
 
 
-def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path):
+@pytest.mark.parametrize("model_name, image_size", [("small-cnn", 32), ("region-invariant", 64)])
+def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path, model_name, image_size):
     """The attack stage and report on runs laid out as `flwr run` leaves them (an untrained
-    model stands in for the trained one): every attack, both rankings, linkage and floor."""
+    model stands in for the trained one): every attack, both rankings, linkage and floor,
+    with the preset's model at its image size."""
     import json
     from dataclasses import replace
 
@@ -93,10 +129,14 @@ def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path):
     preset = replace(
         PRESETS["quick"], victim_train=200, test=100, public=300, attack_victims=64, recogniser_steps=5,
         adaptive_steps=5, statistics_steps=5, inverse_steps=2, linkage_pool=200, network_width=4,
+        model=model_name, image_size=image_size,
     )
     data, public = prepare_data("shapes", None, preset, tmp_path, 0)
-    arms = [Arm("images", "none"), Arm("images", "visualmixer", target_vfe=0.8, region_scope=2)]
-    model = build_model("small-cnn", 3, public.num_classes)
+    assert public.images.shape[-1] == image_size
+    region = image_size // 4
+    arms = [Arm("images", "none", region_size=region, image_size=image_size),
+            Arm("images", "visualmixer", target_vfe=0.8, region_scope=2, region_size=region, image_size=image_size)]
+    model = build_model(model_name, 3, public.num_classes, image_size=image_size, region_size=region)
     for arm in arms:
         folder = tmp_path / "runs" / arm.name
         folder.mkdir(parents=True)
@@ -120,3 +160,24 @@ def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path):
     assert "not a headline result" in report  # a 5-step recogniser is too weak to headline
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert rows[1]["adaptive_margin"] != "" and rows[1]["obfuscation-trained_recognition"] != ""
+
+
+# One arm through `flwr run` and the attack stage, as the GPU script runs them: about 2 min on
+# 2 cores, so with `make test-slow`.
+@pytest.mark.slow
+@pytest.mark.deployment
+def test_the_gpu_script_runs_on_a_cpu_and_summarises_what_completed(simulation_env, tmp_path):  # noqa: F811
+    import json
+
+    out = tmp_path / "gpu"
+    result = subprocess.run(
+        ["bash", "simulations/gpu_compare.sh", str(out), "", "--preset", "quick", "--rounds", "1",
+         "--defenses", "vm-vfe0.8", "--exchanges", "images", "--attack-scale", "0.05", "--parallel", "1"],
+        cwd=ROOT, env={**simulation_env, "LIMIT": "900"}, capture_output=True, text=True, timeout=1200, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arms_completed"] == ["images-vm-vfe0.8"] and summary["arms_not_completed"] == []
+    assert summary["report"] and summary["timed_out"] is False and summary["device"] == "cpu"
+    assert (out / "compare" / "results.csv").stat().st_size > 0
+    assert "[compare] done" in (out / "compare.log").read_text()
