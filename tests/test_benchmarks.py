@@ -6,7 +6,7 @@ from simulations.bench import rounds as bench_rounds
 
 
 def test_bench_rounds_splits_the_obfuscation_share_by_round():
-    args = argparse.Namespace(dataset="shapes", data_dir="", rounds=3, clients=2)
+    args = argparse.Namespace(dataset="shapes", data_dir="", rounds=3, clients=2, model="small-cnn")
     small = {"upload-samples": 32, "server-steps": 2, "eval-samples": 40}
     mixed = bench_rounds.measure("images", "visualmixer", args, small)
     plain = bench_rounds.measure("images", "none", args, small)

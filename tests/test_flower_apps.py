@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from common.models import build_model
 from common.run_config import ConfigError, parse_run_config
 from server.messaging import RunFailed
 from server.server_app import main as server_main
@@ -230,9 +231,12 @@ def test_bad_activation_replies_are_rejected(tmp_path, caplog, case):
     assert any("Rejected activations from node 2" in r.message for r in caplog.records)
 
 
+# The first tensor of the model the default config trains.
+WEIGHT = next(iter(build_model(parse_run_config({}).model).state_dict()))
+
 BAD_WEIGHTS = {
-    "nan weights": _replace_arrays("0.0.weight", lambda a: np.full_like(a["0.0.weight"], np.nan)),
-    "wrong shape": _replace_arrays("0.0.weight", lambda a: a["0.0.weight"][:1]),
+    "nan weights": _replace_arrays(WEIGHT, lambda a: np.full_like(a[WEIGHT], np.nan)),
+    "wrong shape": _replace_arrays(WEIGHT, lambda a: a[WEIGHT][:1]),
     "missing key": lambda msg, reply: Message(
         RecordDict({"arrays": ArrayRecord({"x": Array(np.zeros(1, np.float32))}),
                     "metrics": reply.content["metrics"]}), reply_to=msg),
@@ -354,8 +358,9 @@ def test_defaults_come_from_pyproject():
     with PYPROJECT.open("rb") as f:
         table = tomllib.load(f)["tool"]["flwr"]["app"]["config"]
     assert set(table) == {k.replace("_", "-") for k in RunConfig.__dataclass_fields__}
-    # region-size 0 is resolved against image-size: the parsed config holds the side in use.
-    assert parse_run_config({}).to_dict() == {**table, "region-size": 8}
+    # region-size 0 is resolved against image-size, and model auto against the defense: the
+    # parsed config holds what is in use.
+    assert parse_run_config({}).to_dict() == {**table, "region-size": 8, "model": "region-invariant"}
 
 
 def test_run_config_choices_come_from_the_registries():
@@ -372,8 +377,20 @@ def test_run_config_choices_come_from_the_registries():
     for key, registry in (("model", MODELS), ("optimizer", OPTIMIZERS), ("dataset", DATASETS), ("strategy", STRATEGIES)):
         for name in registry:
             assert parse_run_config({key: name}).to_dict()[key] == name
-        with pytest.raises(ConfigError, match=f"{key}='nope' is not one of: {', '.join(registry)}"):
+        allowed = ("auto", *registry) if key == "model" else registry
+        with pytest.raises(ConfigError, match=f"{key}='nope' is not one of: {', '.join(allowed)}"):
             parse_run_config({key: "nope"})
+
+
+@pytest.mark.parametrize("defense, scope, model", [
+    ("visualmixer", 1, "region-invariant"), ("visualmixer+dp-sgd", 1, "region-invariant"),
+    ("visualmixer", 0, "small-cnn"), ("visualmixer", 2, "small-cnn"), ("none", 1, "small-cnn"),
+    ("dp-sgd", 1, "small-cnn"),
+])
+def test_model_auto_trains_the_region_invariant_model_on_images_shuffled_in_place(defense, scope, model):
+    config = parse_run_config({"model": "auto", "defense": defense, "region-scope": scope, "exchange": "weights"})
+    assert config.model == model and config.learning_keys()["model"] == model
+    assert parse_run_config({"model": "small-cnn", "defense": defense}).model == "small-cnn"  # a choice stays
 
 
 def test_region_scope_reaches_the_transform_the_nodes_use():
@@ -485,8 +502,8 @@ BAD_REPLIES = {
     "huge activations": ("activations", "query.activations",
                          _replace_arrays("activations", lambda a: np.full_like(a["activations"], 3e38)),
                          "activations holds a value of magnitude 3e+38, above max-abs-value=10000"),
-    "huge weights": ("weights", "train", _replace_arrays("0.0.weight", lambda a: np.full_like(a["0.0.weight"], 1e30)),
-                     "weights['0.0.weight'] holds a value of magnitude 1e+30, above max-abs-value=10000"),
+    "huge weights": ("weights", "train", _replace_arrays(WEIGHT, lambda a: np.full_like(a[WEIGHT], 1e30)),
+                     f"weights['{WEIGHT}'] holds a value of magnitude 1e+30, above max-abs-value=10000"),
     "num-examples beyond the data set": ("weights", "train", _replace_metrics(lambda m: {**m, "num-examples": 10**12}),
                                          "num-examples=1000000000000 is more than a node can hold (max-examples-per-reply=10000)"),
     "activations count": ("activations", "query.activations",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from server.flwr_cli import ROOT
 
-SMALL = "local-steps=1 batch-size=16 upload-samples=16 server-steps=2 eval-samples=10 round-timeout=600"
+SMALL = "model='small-cnn' local-steps=1 batch-size=16 upload-samples=16 server-steps=2 eval-samples=10 round-timeout=600"
 
 
 def measure(exchange: str, nodes: int, rounds: int, out: Path, ray_cpus: int) -> dict:

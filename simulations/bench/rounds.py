@@ -47,7 +47,9 @@ def measure(exchange: str, defense: str, args, overrides: dict | None = None) ->
         config = {
             "exchange": exchange, "defense": defense, "dataset": args.dataset,
             "data-dir": args.data_dir, "num-server-rounds": args.rounds,
-            "output-dir": out, "run-name": "bench", "seed": 0, **(overrides or {}),
+            "output-dir": out, "run-name": "bench", "seed": 0,
+            # One model for every defense: `auto` would give VisualMixer arms another one.
+            "model": args.model, **(overrides or {}),
         }
         grid = FakeGrid(config, num_nodes=args.clients)
         server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="small-cnn", help="the model of every arm (the same for every defense)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--exchanges", default="images,activations,weights")
