@@ -118,10 +118,13 @@ def measure(setting, train, public, victims, pool, recogniser, floor: float, arg
                                                chromatic=chromatic, region_scope=scope, steps=args.statistics_steps,
                                                seed=args.seed)
         row["statistics_obf"] = recognition_accuracy(adaptive, observed, y)
-        if region not in mosaic_nets:
-            mosaic_nets[region] = train_mosaic_recogniser(public.images, public.labels, train.num_classes, region,
-                                                          steps=args.adaptive_steps, device=device, seed=args.seed)
-        row["mosaic_trained"] = recognition_accuracy(mosaic_nets[region], observed, y)
+        # Without the chromatic shuffle each channel's region mean survives, so that
+        # attacker learns on colour mosaics; with it, on the grey ones it can read.
+        if (region, chromatic) not in mosaic_nets:
+            mosaic_nets[region, chromatic] = train_mosaic_recogniser(
+                public.images, public.labels, train.num_classes, region, chromatic,
+                steps=args.adaptive_steps, device=device, seed=args.seed)
+        row["mosaic_trained"] = recognition_accuracy(mosaic_nets[region, chromatic], observed, y)
         if args.inverse_steps:
             inverse = train_inverse_network(public.images, mixer_with(args.seed + 11), steps=args.inverse_steps,
                                             device=device, seed=args.seed).cpu().eval()

@@ -13,8 +13,16 @@ ATTACKS = ("observed", "mosaic", "statistics")
 ADAPTIVE = ("statistics_obf", "mosaic_trained", "inverse")
 
 
-def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
+def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys, monkeypatch):
     out = tmp_path / "frontier.jsonl"
+    mosaic_nets = []  # (region, chromatic) of every mosaic-trained attacker trained
+
+    def train_mosaic_recogniser(images, labels, num_classes, region, chromatic, **train):
+        mosaic_nets.append((region, chromatic))
+        return real_mosaic_recogniser(images, labels, num_classes, region, chromatic, **train)
+
+    real_mosaic_recogniser = privacy_frontier.train_mosaic_recogniser
+    monkeypatch.setattr(privacy_frontier, "train_mosaic_recogniser", train_mosaic_recogniser)
     code = privacy_frontier.main([
         "--settings", "none", "0.8:8:1", "0.8:8:0", "0.8:8:1:mono", "--public", "300", "--victims", "40",
         "--pool", "120", "--steps", "3", "--recogniser-steps", "3", "--adaptive-steps", "3", "--statistics-steps", "5",
@@ -28,6 +36,8 @@ def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys):
     assert head["recogniser_reused"] is False and head["pool"] == 120 and 0 <= head["floor"] <= 1
     assert list(settings) == ["none", "vfe0.8-r8-scope1", "vfe0.8-r8-scope0", "vfe0.8-r8-scope1-mono"]
     assert [r["chromatic"] for r in settings.values()] == [True, True, True, False]
+    # One per region size and chromatic switch: the mono setting's attacker reads colour.
+    assert mosaic_nets == [(8, True), (8, False)]
     for name, row in settings.items():
         columns = ATTACKS + (ADAPTIVE if name != "none" else ())
         assert all(0 <= row[c] <= 1 for c in columns + ("test_accuracy", "linkage"))
