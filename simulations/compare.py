@@ -37,6 +37,7 @@ from common.data import DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSet, load
 from common.models import MODELS
 from common.run_config import EXCHANGES
 from common.visualmixer.invariants import default_region_size
+from server.flwr_cli import local_superlinks, stop_local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.5, 0.8, 1.0)
@@ -313,24 +314,30 @@ def train_arms(arms: list[Arm], preset: Preset, data: Path, out: Path, seed: int
     status goes to ``status_dir`` for the attack stage.
     """
     statuses: dict[str, str] = {}
+    started_superlink = False
     if parallel > 1 and any(needs_training(a, out) for a in arms):
         # Every `flwr` command starts the managed local SuperLink when none answers; start
         # it once here, or the first parallel runs race to bind its port and all but one fail.
         from simulations.flwr_run import flwr
 
+        started_superlink = not local_superlinks()
         flwr("list", "--format", "json")
     bar = tqdm(total=len(arms), desc="training (flwr run)", unit="arm")
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = {pool.submit(train_arm, arm, preset, data, out, seed): arm for arm in arms}
-        for future in as_completed(futures):
-            arm = futures[future]
-            statuses[arm.name] = future.result()
-            (status_dir / arm.name).write_text(statuses[arm.name])
-            bar.set_postfix_str(arm.name)
-            bar.update()
-            if statuses[arm.name] != "completed":
-                tqdm.write(f"[compare] {arm.name}: {statuses[arm.name]}")
-    bar.close()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            futures = {pool.submit(train_arm, arm, preset, data, out, seed): arm for arm in arms}
+            for future in as_completed(futures):
+                arm = futures[future]
+                statuses[arm.name] = future.result()
+                (status_dir / arm.name).write_text(statuses[arm.name])
+                bar.set_postfix_str(arm.name)
+                bar.update()
+                if statuses[arm.name] != "completed":
+                    tqdm.write(f"[compare] {arm.name}: {statuses[arm.name]}")
+    finally:
+        bar.close()
+        if started_superlink:  # each arm's flwr_run leaves a SuperLink it did not start
+            stop_local_superlink()
     return statuses
 
 

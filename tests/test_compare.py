@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from server.flwr_cli import local_superlinks
 from simulations.compare import EXCHANGES, matrix
 from tests.test_simulation import simulation_env  # noqa: F401 - fixture: FLWR_HOME, ports, clean-up
 from tests.test_deployment import ROOT
@@ -100,6 +102,24 @@ def test_reduced_compare_writes_every_output(simulation_env, tmp_path):  # noqa:
     assert dp["gradient-inversion_psnr"] != "" and dp["gi+mosaic_psnr"] != ""
     report = (out / "report.md").read_text()
     assert "## exchange = weights" in report and "python -m simulations.compare" in report
+    # The quick preset trains arms in parallel, so compare started the local SuperLink itself.
+    assert not local_superlinks(home=Path(simulation_env["FLWR_HOME"]))
+
+
+@pytest.mark.parametrize("running_before", [False, True])
+def test_parallel_training_stops_the_local_superlink_only_when_it_started_it(tmp_path, monkeypatch, running_before):
+    from simulations import compare, flwr_run
+
+    superlink = [True] if running_before else []
+    stopped = []
+    monkeypatch.setattr(compare, "local_superlinks", lambda: {1: []} if superlink else {})
+    monkeypatch.setattr(flwr_run, "flwr", lambda *args, **kwargs: superlink.append(True))
+    monkeypatch.setattr(compare, "stop_local_superlink", lambda: stopped.append(True))
+    monkeypatch.setattr(compare, "train_arm", lambda arm, *args: "completed")
+    arms = matrix()[:3]
+    statuses = compare.train_arms(arms, compare.PRESETS["quick"], tmp_path, tmp_path, 0, 3, tmp_path)
+    assert statuses == {arm.name: "completed" for arm in arms}
+    assert stopped == ([] if running_before else [True])
 
 
 def test_scope_arms_are_in_the_images_exchange_and_reach_the_run_config(tmp_path):
