@@ -160,7 +160,9 @@ def test_a_node_slower_than_the_round_timeout_is_left_out_and_takes_part_when_it
     assert rows[0]["replies"] == 3 and rows[1]["replies"] == 2  # round 2 went on without it
     assert any(r["replies"] == 3 for r in rows[3:]), rows  # it caught up and takes part again
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-    assert any(e["round"] == 2 and e["outcome"] == "silent" for e in events)
+    # Left out with a reason: "silent" when round-timeout ends first, "failed" when the
+    # SuperLink has already marked the node offline (missed heartbeats) and answers for it.
+    assert any(e["round"] == 2 and e["outcome"] in ("silent", "failed") for e in events), events
 
 
 def test_a_restarted_superlink_with_its_database_resumes_the_run_with_no_round_lost(federation, tmp_path):
