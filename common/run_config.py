@@ -96,11 +96,11 @@ class RunConfig:
 
     @property
     def uses_visualmixer(self) -> bool:
-        return "visualmixer" in self.defense.split("+")
+        return defense_uses("visualmixer", self.defense)
 
     @property
     def uses_dp(self) -> bool:
-        return "dp-sgd" in self.defense.split("+")
+        return defense_uses("dp-sgd", self.defense)
 
     def visualmixer(self, seed: int | None = None) -> VisualMixer:
         """The transform this run's ``target-vfe``, ``region-size`` and ``region-scope`` describe."""
@@ -159,13 +159,18 @@ def _text(key: str, value: Any) -> str:
 AUTO_MODEL = "auto"
 
 
+def defense_uses(part: str, defense: str) -> bool:
+    """Whether ``defense`` (``none``, ``visualmixer``, ``dp-sgd`` or ``visualmixer+dp-sgd``) includes ``part``."""
+    return part in defense.split("+")
+
+
 def auto_model(defense: str, region_scope: int) -> str:
     """What ``model = "auto"`` trains: ``region-invariant`` on VisualMixer's images with
     regions in place (scope 1), where it beat the small CNN at every budget measured on
     CIFAR-10 (docs/results, "Training longer"); ``small-cnn`` otherwise. The region-invariant
     stem sees nothing an in-region shuffle changes, so the shuffle costs it nothing; with
     regions moved (scope 0 or k) its grid of regions is scrambled too, which was not measured."""
-    return "region-invariant" if "visualmixer" in defense and region_scope == 1 else "small-cnn"
+    return "region-invariant" if defense_uses("visualmixer", defense) and region_scope == 1 else "small-cnn"
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
@@ -179,7 +184,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     value = merged.get
     exchange = _choice("exchange", value("exchange"), EXCHANGES)
     defense = _choice("defense", value("defense"), DEFENSES)
-    if "dp-sgd" in defense and exchange == "images":
+    if defense_uses("dp-sgd", defense) and exchange == "images":
         raise ConfigError(
             f"run-config defense={defense!r} with exchange='images' is refused: DP-SGD noises "
             "gradients, it does not hide uploaded images (use defense 'visualmixer', or "
