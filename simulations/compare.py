@@ -73,6 +73,11 @@ class Preset:
     ray_cpus: int  # CPUs each run's Ray may use = ClientApp actors (0 = all)
     model: str = "small-cnn"  # what every arm trains, and what the activations/weights attacks load
     image_size: int = 32  # every image is resized to this side (the app's image-size)
+    # The images exchange's upload per client per round (0 = all its images), where it
+    # differs from ``upload_samples``: uploads there are small and the server trains on all
+    # it has received, while an activations upload is ~20x larger per image.
+    images_upload_samples: int | None = None
+    defenses: tuple[str, ...] = ()  # arm labels run when --defenses is not given (() = all)
 
 
 PRESETS = {
@@ -87,15 +92,18 @@ PRESETS = {
         inversion_steps=120, inversion_batches=4, inversion_batch_size=1, network_width=16,
         arm_timeout=300, parallel_runs=3, ray_cpus=1,
     ),
-    # 2 CPU cores, about 2 hours, for the arms that matter (--defenses): longer training on
-    # all victims' images and a recogniser strong enough that its figures mean something.
+    # 2 CPU cores, about 2 hours: the arms that matter, longer training on all victims'
+    # images (in the images exchange every client uploads all of them each round, freshly
+    # obfuscated) and a recogniser strong enough that its figures mean something.
     "standard": Preset(
-        clients=2, rounds=12, victim_train=0, test=2000, public=20000, local_steps=150,
-        batch_size=64, upload_samples=2048, server_steps=250, learning_rate=0.002,
+        clients=2, rounds=8, victim_train=0, test=2000, public=20000, local_steps=100,
+        batch_size=64, upload_samples=2048, server_steps=600, learning_rate=0.002,
         attack_victims=500, recogniser_steps=20000, recogniser_augment=True, adaptive_steps=1500,
         statistics_steps=3000, linkage_pool=1000, inverse_steps=400, decoder_steps=400,
         inversion_steps=200, inversion_batches=8, inversion_batch_size=1, network_width=16,
-        arm_timeout=5400, parallel_runs=2, ray_cpus=1,
+        arm_timeout=5400, parallel_runs=2, ray_cpus=1, images_upload_samples=0,
+        defenses=("none", "vm-vfe0.8", "vm-vfe0.8+scope2", "vm-vfe0.8+scope0",
+                  "dp-eps3", "dp-eps8", "vm+dp-vfe0.8+eps8"),
     ),
     # A GPU or a long run.
     "full": Preset(
@@ -253,11 +261,18 @@ def check_same_setup(out: Path, setup: dict) -> None:
 
 
 # -- training -----------------------------------------------------------------------------
+def upload_samples(arm: Arm, preset: Preset) -> int:
+    """Images each client uploads per round in ``arm`` (0 = all of them)."""
+    if arm.exchange == "images" and preset.images_upload_samples is not None:
+        return preset.images_upload_samples
+    return preset.upload_samples
+
+
 def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> str:
     values = {
         "exchange": arm.exchange, "defense": arm.defense, "dataset": "folder", "data-dir": str(data),
         "num-server-rounds": preset.rounds, "local-steps": preset.local_steps,
-        "batch-size": preset.batch_size, "upload-samples": preset.upload_samples,
+        "batch-size": preset.batch_size, "upload-samples": upload_samples(arm, preset),
         "server-steps": preset.server_steps, "learning-rate": preset.learning_rate,
         "model": preset.model, "image-size": preset.image_size, "eval-samples": 250, "seed": seed,
         "output-dir": str(runs), "run-name": arm.name,
@@ -349,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated subset")
-    parser.add_argument("--defenses", default="", help="comma-separated arm labels, e.g. none,vm-vfe0.8 (default: all)")
+    parser.add_argument("--defenses", default="",
+                        help="comma-separated arm labels, e.g. none,vm-vfe0.8 (default: the preset's, else all)")
     parser.add_argument("--rounds", type=int, default=0, help="override the preset's rounds")
     parser.add_argument("--parallel", type=int, default=0, help="arms trained at once (default: the preset's)")
     parser.add_argument("--attack-scale", type=float, default=1.0, help="scale every attack's step count")
@@ -377,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--exchanges {','.join(unknown)} unknown; choose from {','.join(EXCHANGES)}")
     arms = [a for a in matrix(preset.image_size) if a.exchange in exchanges]
-    if args.defenses:
-        wanted = set(args.defenses.split(","))
+    if args.defenses or preset.defenses:
+        wanted = set(args.defenses.split(",")) if args.defenses else set(preset.defenses)
         known = {a.label for a in matrix(preset.image_size)}
         if wanted - known:
             parser.error(f"--defenses {','.join(sorted(wanted - known))} unknown; choose from {','.join(sorted(known))}")

@@ -98,8 +98,9 @@ def write_markdown(results: dict, path: Path, command: str, info: dict) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions("opacus", "pytorch-msssim").items()) + ".",
         "",
         f"Setup: dataset `{info['dataset']}`, preset `{info['preset']}`: {info['clients']} simulated clients, "
-        f"{info['rounds']} rounds, small CNN, local steps {info['local_steps']} (batch {info['batch_size']}), "
-        f"upload {info['upload_samples']} samples per client per round, server steps {info['server_steps']}. "
+        f"{info['rounds']} rounds, model `{info['model']}`, local steps {info['local_steps']} (batch {info['batch_size']}), "
+        f"upload {info['upload_samples']} samples per client per round{_images_upload(info)}, "
+        f"server steps {info['server_steps']}. "
         f"Attacks scored on {results['victims']} test images (gradient inversion: "
         f"{info['inversion_batches']} batches of {info['inversion_batch_size']} with distinct labels, "
         f"{info['inversion_steps']} steps). The recogniser (small CNN, {info['recogniser_steps']} steps"
@@ -202,6 +203,14 @@ def plot_gallery(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _images_upload(info: dict) -> str:
+    """How the images exchange's upload differs from the others', if it does."""
+    images = info.get("images_upload_samples")
+    if images is None:
+        return ""
+    return " (images exchange: all of its images)" if images == 0 else f" (images exchange: {images})"
 
 
 def write_report(results: dict, arms, preset, out: Path, command: str, info: dict) -> None:
