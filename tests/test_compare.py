@@ -41,6 +41,21 @@ def test_arms_regions_scale_with_the_image_size_and_reach_the_run_config(tmp_pat
     assert PRESETS["full"].model == "resnet18-gn"
 
 
+def test_the_standard_preset_runs_the_named_arms_and_uploads_every_image_in_the_images_exchange(tmp_path):
+    from simulations.compare import PRESETS, run_config, upload_samples
+
+    standard = PRESETS["standard"]
+    arms = [a for a in matrix() if a.label in standard.defenses]
+    assert set(standard.defenses) <= {a.label for a in matrix()}  # no misspelt label drops an arm
+    assert len(arms) == 4 + 5 + 5  # images: none, scope 1/2/0; the others: none, vm, dp 3/8, vm+dp
+    by_name = {a.name: a for a in arms}
+    assert upload_samples(by_name["images-none"], standard) == 0
+    assert upload_samples(by_name["activations-none"], standard) == standard.upload_samples == 2048
+    assert "upload-samples=0" in run_config(by_name["images-vm-vfe0.8+scope0"], standard, tmp_path, tmp_path, 0)
+    quick = PRESETS["quick"]
+    assert not quick.defenses and upload_samples(by_name["images-none"], quick) == quick.upload_samples
+
+
 @pytest.mark.parametrize("args, message", [
     (["--image-size", "63"], "--image-size 63: must be even"),
     (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
