@@ -319,6 +319,19 @@ def train_arm(arm: Arm, preset: Preset, data: Path, out: Path, seed: int, attemp
     return status
 
 
+def share_cores(parallel: int) -> None:
+    """Give each of ``parallel`` runs, and the attack stage beside them, an equal share of
+    the cores, through the environment every process of a run inherits (the SuperLink
+    started here, its ServerApp and Ray's ClientApp actors).
+
+    Left to itself each process starts one OpenMP thread per core; with more busy threads
+    than cores they spend much of their time spinning in OpenMP's barriers (a third of the
+    CPU went to the kernel with two runs and the attack stage on 2 cores). A value the user
+    set is kept."""
+    threads = max(1, (os.cpu_count() or 1) // (parallel + 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
 def train_arms(arms: list[Arm], preset: Preset, data: Path, out: Path, seed: int, parallel: int,
                status_dir: Path) -> dict[str, str]:
     """Train every arm, ``parallel`` ``flwr run``s at a time; each arm's status.
@@ -423,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         name="attacks",
     )
     worker.start()
-    statuses = train_arms(arms, preset, data, out, args.seed, args.parallel or preset.parallel_runs, status_dir)
+    parallel = args.parallel or preset.parallel_runs
+    share_cores(parallel)  # after the worker's start: it sets its own threads
+    statuses = train_arms(arms, preset, data, out, args.seed, parallel, status_dir)
     # Arms trained by an earlier invocation are not trained again; keep their time too.
     timings = out / "timings.json"
     earlier = json.loads(timings.read_text())["train_seconds"] if timings.exists() else 0.0
