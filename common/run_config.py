@@ -22,6 +22,7 @@ from typing import Any
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
+from .augment import AUGMENTATIONS
 from .training import OPTIMIZERS
 from .visualmixer import VisualMixer
 from .visualmixer.invariants import default_region_size
@@ -70,6 +71,7 @@ class RunConfig:
     upload_samples: int
     server_steps: int
     server_batch_size: int
+    server_augment: str
     learning_rate: float
     optimizer: str
     model: str
@@ -208,6 +210,13 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             f"run-config region-scope={region_scope} must divide the {grid}x{grid} "
             f"grid of regions (region-size={region_size}), or be 0 (anywhere) or 1 (in place)"
         )
+    server_augment = _choice("server-augment", value("server-augment"), AUGMENTATIONS)
+    if server_augment == "flip-shift" and region_scope != 1 and defense_uses("visualmixer", defense):
+        raise ConfigError(
+            f"run-config server-augment='flip-shift' with region-scope={region_scope} is refused: a shift "
+            "cuts regions moved across the image at its edge unlike the originals', so it does not "
+            "commute with VisualMixer (use 'flip', or region-scope=1)"
+        )
     if model == AUTO_MODEL:
         model = auto_model(defense, region_scope)
     run_name = _text("run-name", value("run-name"))
@@ -233,6 +242,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         upload_samples=_number("upload-samples", value("upload-samples"), int, 0),
         server_steps=_number("server-steps", value("server-steps"), int, 1),
         server_batch_size=_number("server-batch-size", value("server-batch-size"), int, 1),
+        server_augment=server_augment,
         learning_rate=_number("learning-rate", value("learning-rate"), float, 1e-12),
         optimizer=_choice("optimizer", value("optimizer"), OPTIMIZERS),
         model=model,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.augment import augmenter
 from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.run_config import ConfigError, RunConfig
@@ -162,9 +163,10 @@ class ServerTrainer:
         images = torch.cat([b[0] for b in self.buffer])[-BUFFER_LIMIT:]
         labels = torch.cat([b[1] for b in self.buffer])[-BUFFER_LIMIT:]
         self.buffer = [(images, labels)]
+        augment = augmenter(self.config.server_augment, self.config.region_size, self.config.uses_visualmixer)
         losses = train_steps(
             self.model, images, labels, self.optimizer,
-            self.config.server_steps, self.config.server_batch_size, None, self.device,
+            self.config.server_steps, self.config.server_batch_size, augment, self.device,
         )
         loss, self.skipped_steps = mean_loss(losses)
         return loss

@@ -78,6 +78,9 @@ class Preset:
     # it has received, while an activations upload is ~20x larger per image.
     images_upload_samples: int | None = None
     defenses: tuple[str, ...] = ()  # arm labels run when --defenses is not given (() = all)
+    # The images exchange's ``server-augment``: (without a defense, under VisualMixer). The
+    # augmentation must commute with the defense, so VisualMixer arms get flips only.
+    server_augment: tuple[str, str] = ("none", "none")
 
 
 PRESETS = {
@@ -94,7 +97,8 @@ PRESETS = {
     ),
     # 2 CPU cores, about 2 hours: the arms that matter, longer training on all victims'
     # images (in the images exchange every client uploads all of them each round, freshly
-    # obfuscated) and a recogniser strong enough that its figures mean something.
+    # obfuscated, and the server trains on them flipped and shifted as far as that commutes
+    # with the defense) and a recogniser strong enough that its figures mean something.
     "standard": Preset(
         clients=2, rounds=8, victim_train=0, test=2000, public=20000, local_steps=100,
         batch_size=64, upload_samples=2048, server_steps=600, learning_rate=0.002,
@@ -102,6 +106,7 @@ PRESETS = {
         statistics_steps=3000, linkage_pool=1000, inverse_steps=400, decoder_steps=400,
         inversion_steps=200, inversion_batches=8, inversion_batch_size=1, network_width=16,
         arm_timeout=5400, parallel_runs=2, ray_cpus=1, images_upload_samples=0,
+        server_augment=("flip-shift", "flip"),
         defenses=("none", "vm-vfe0.8", "vm-vfe0.8+scope2", "vm-vfe0.8+scope0",
                   "dp-eps3", "dp-eps8", "vm+dp-vfe0.8+eps8"),
     ),
@@ -279,6 +284,7 @@ def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> s
         "target-vfe": arm.target_vfe if arm.target_vfe is not None else 0.8,
         "target-epsilon": arm.epsilon if arm.epsilon is not None else 8.0,
         "region-size": arm.region_size, "region-scope": arm.region_scope,
+        "server-augment": preset.server_augment[arm.defense != "none"],
     }
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
 

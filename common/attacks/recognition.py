@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..augment import flip_and_shift
 from ..models import build_model
 from ..training import make_optimizer, train_steps
 
@@ -53,28 +54,6 @@ def train_recogniser(
         for _ in range(min(chunk, steps - start)):
             schedule.step()
     return net.eval()
-
-
-def flip_and_shift(
-    images: torch.Tensor, max_shift: int = 4, generator: torch.Generator | None = None, step: int = 1
-) -> torch.Tensor:
-    """Each image flipped left-right with probability 1/2 and shifted by up to ``max_shift``
-    pixels each way in multiples of ``step`` (zero fill): the same code on CPU and GPU, per
-    image in one gather. With ``step`` = the region size the shifts keep the region grid, so
-    the augmentation commutes with VisualMixer (an obfuscated image flipped or shifted by
-    whole regions is distributed as the flipped or shifted image obfuscated)."""
-    b, _, h, w = images.shape
-    flips = torch.rand(b, generator=generator) < 0.5
-    out = torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
-    padded = nn.functional.pad(out, (max_shift,) * 4)
-    moves = 2 * (max_shift // step) + 1
-    dy = (step * torch.randint(0, moves, (b,), generator=generator) + max_shift % step).to(images.device)
-    dx = (step * torch.randint(0, moves, (b,), generator=generator) + max_shift % step).to(images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
 
 
 def cached_recogniser(
