@@ -101,7 +101,7 @@ PRESETS = {
     # with the defense) and a recogniser strong enough that its figures mean something.
     "standard": Preset(
         clients=2, rounds=8, victim_train=0, test=2000, public=20000, local_steps=100,
-        batch_size=64, upload_samples=2048, server_steps=600, learning_rate=0.002,
+        batch_size=64, upload_samples=2048, server_steps=1000, learning_rate=0.002,
         attack_victims=500, recogniser_steps=20000, recogniser_augment=True, adaptive_steps=1500,
         statistics_steps=3000, linkage_pool=1000, inverse_steps=400, decoder_steps=400,
         inversion_steps=200, inversion_batches=8, inversion_batch_size=1, network_width=16,
