@@ -21,7 +21,7 @@ CLEAN_MAX_SHIFT = 4  # pixels each way: the usual CIFAR pad-and-crop
 
 
 def flip_and_shift(
-    images: torch.Tensor, max_shift: int = 4, generator: torch.Generator | None = None, step: int = 1
+    images: torch.Tensor, max_shift: int = CLEAN_MAX_SHIFT, generator: torch.Generator | None = None, step: int = 1
 ) -> torch.Tensor:
     """Each image flipped left-right with probability 1/2 and shifted by up to ``max_shift``
     pixels each way in multiples of ``step`` (zero fill): the same code on CPU and GPU, per

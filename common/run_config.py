@@ -19,10 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .augment import AUGMENTATIONS
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE
 from .models import MODELS, num_stages
-from .augment import AUGMENTATIONS
 from .training import OPTIMIZERS
 from .visualmixer import VisualMixer
 from .visualmixer.invariants import default_region_size

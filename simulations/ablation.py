@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from common.attacks import flip_and_shift
+from common.augment import augmenter
 from common.data import load_dataset
 from common.models import build_model
 from common.training import evaluate, make_optimizer, train_steps
@@ -69,9 +69,10 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
     if "augment" in recipe:  # after the shuffle: flips and whole-region shifts commute with it
         generator = torch.Generator().manual_seed(seed)
 
+        augment = augmenter("flip-shift", REGION_SIZE, obfuscated=True, generator=generator)
+
         def batches(x, mixer=mixer):
-            x = mixer(x) if mixer is not None else x
-            return flip_and_shift(x, max_shift=REGION_SIZE, generator=generator, step=REGION_SIZE)
+            return augment(mixer(x) if mixer is not None else x)
     optimizer = make_optimizer(optimizer_name, model.parameters(), LEARNING_RATES[optimizer_name])
     draws = args.draws if "tta" in recipe and mixer is not None else 1
     # Training in chunks: the test accuracy after each (the learning curve), same batches.
