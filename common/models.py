@@ -35,6 +35,45 @@ from torch import nn
 
 from .visualmixer.invariants import default_region_size, region_statistics
 
+# What a model does to its [0, 1] input before its first layer (the ``input-norm`` key):
+# ``image`` standardises each image by the mean and deviation of all its values, channels
+# together; ``none`` leaves it as it is.
+INPUT_NORMS = ("image", "none")
+DEFAULT_INPUT_NORM = "image"
+STANDARDIZE_EPS = 1e-2  # added to the deviation: a flat image maps to zeros, not to noise
+
+
+def standardize_images(x: torch.Tensor) -> torch.Tensor:
+    r"""Per image, :math:`(x - \mu) / (\sigma + \epsilon)` with :math:`\mu, \sigma` the mean
+    and deviation of all its C x H x W values.
+
+    Both are the same for any permutation of an image's values, so the map commutes with
+    every VisualMixer shuffle (in-region, chromatic, region moves): standardising an
+    obfuscated image gives the obfuscation of the standardised image. It needs no data-set
+    statistics, so nothing about a node's data is stored in the model or uploaded."""
+    flat = x.flatten(1)
+    mean = flat.mean(1)
+    std = flat.std(1, correction=0)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return (x - mean.view(shape)) / (std.view(shape) + STANDARDIZE_EPS)
+
+
+class InputStage(nn.Sequential):
+    """A model's first stage: its layers after the input normalisation (``input_norm``).
+    Parameter-free, so the state dict is that of a plain ``nn.Sequential``."""
+
+    def __init__(self, *layers: nn.Module, input_norm: str = DEFAULT_INPUT_NORM) -> None:
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input-norm must be one of {', '.join(INPUT_NORMS)}; got {input_norm!r}")
+        super().__init__(*layers)
+        self.input_norm = input_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(standardize_images(x) if self.input_norm == "image" else x)
+
+    def extra_repr(self) -> str:
+        return f"input_norm={self.input_norm!r}"
+
 
 def _conv_stage(cin: int, cout: int) -> nn.Sequential:
     # ReLU not in place: Opacus' per-sample gradient hooks cannot follow in-place ops.
@@ -47,9 +86,11 @@ def _conv_stage(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def small_cnn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
+def small_cnn(
+    in_channels: int = 3, num_classes: int = 10, image_size: int = 32, input_norm: str = DEFAULT_INPUT_NORM
+) -> nn.Sequential:
     return nn.Sequential(
-        _conv_stage(in_channels, 32),
+        InputStage(*_conv_stage(in_channels, 32), input_norm=input_norm),
         _conv_stage(32, 64),
         _conv_stage(64, 128),
         nn.Sequential(
@@ -85,17 +126,22 @@ class BasicBlock(nn.Module):
 IMAGENET_STEM_ABOVE = 64  # image side above which ResNet-18 downsamples in its stem
 
 
-def resnet18_gn(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Sequential:
+def resnet18_gn(
+    in_channels: int = 3, num_classes: int = 10, image_size: int = 32, input_norm: str = DEFAULT_INPUT_NORM
+) -> nn.Sequential:
     def layer(cin: int, cout: int, stride: int) -> nn.Sequential:
         return nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
 
     if image_size > IMAGENET_STEM_ABOVE:
         # Full-resolution 3x3 stages at 224x224 would cost ~50x the compute of 32x32.
-        stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.GroupNorm(32, 64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        stem = InputStage(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.GroupNorm(32, 64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+            input_norm=input_norm,
         )
     else:
-        stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.GroupNorm(32, 64), nn.ReLU())
+        stem = InputStage(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.GroupNorm(32, 64), nn.ReLU(), input_norm=input_norm
+        )
     return nn.Sequential(
         stem,
         layer(64, 64, 1),
@@ -123,12 +169,13 @@ class RegionDescriptors(nn.Module):
 
 
 def region_invariant(
-    in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0
+    in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0,
+    input_norm: str = DEFAULT_INPUT_NORM,
 ) -> nn.Sequential:
     region = region_size or default_region_size(image_size)
     features = in_channels * (len(INVARIANT_QUANTILES) + 2)
     return nn.Sequential(
-        nn.Sequential(RegionDescriptors(region), nn.Conv2d(features, 128, 1), nn.ReLU()),
+        InputStage(RegionDescriptors(region), nn.Conv2d(features, 128, 1), nn.ReLU(), input_norm=input_norm),
         nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU()),
         nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU()),
         nn.Sequential(
@@ -149,15 +196,17 @@ MODELS: dict[str, Callable[..., nn.Sequential]] = {
 
 
 def build_model(
-    name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0
+    name: str, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, region_size: int = 0,
+    input_norm: str = DEFAULT_INPUT_NORM,
 ) -> nn.Sequential:
     """A fresh model by name (see :data:`MODELS`) for ``image_size`` x ``image_size`` inputs;
-    ``region_size`` (0 = the default for the size) matters to ``region-invariant`` only."""
+    ``region_size`` (0 = the default for the size) matters to ``region-invariant`` only;
+    ``input_norm``: see :data:`INPUT_NORMS`."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
     if name == "region-invariant":
-        return region_invariant(in_channels, num_classes, image_size, region_size)
-    return MODELS[name](in_channels, num_classes, image_size)
+        return region_invariant(in_channels, num_classes, image_size, region_size, input_norm)
+    return MODELS[name](in_channels, num_classes, image_size, input_norm)
 
 
 def split_model(model: nn.Sequential, cut: int) -> tuple[nn.Sequential, nn.Sequential]:

@@ -6,6 +6,7 @@
     python -m simulations.ablation --study models     [... --seeds 0 1 2]
     python -m simulations.ablation --study recipes    [...]
     python -m simulations.ablation --study curve      [... --steps 15600 --checkpoints 8]
+    python -m simulations.ablation --study inputs     [... --image-size 64 --learning-rate 0.002]
 
 Each arm trains a model (the small CNN, except in ``models``: the small CNN and the
 region-invariant model, clean and at the default target) from the same seed for
@@ -15,9 +16,10 @@ is used on them). ``recipes`` tries, clean and obfuscated, what commutes with th
 ``augment`` (flips, and shifts by whole regions, applied after obfuscation) and ``tta``
 (test-time averaging of the softmax over ``--draws`` obfuscations), and ``pretrain``
 (``--pretrain-steps`` on clean public images first: the first ``--public`` training images,
-which every arm of the study then leaves out of its own training data). Prints one JSON line per arm and seed: final test accuracy, the mean loss
-of the last 50 steps, and the loss oscillation = standard deviation of step-to-step loss
-differences over the last half; with several ``--seeds``, then one line per arm with the
+which every arm of the study then leaves out of its own training data). ``inputs`` and
+``inputs-defaults`` compare the models' input normalisation (``input-norm``). Prints one
+JSON line per arm and seed: final test accuracy, the mean loss of the last 50 steps, and
+the loss oscillation = standard deviation of step-to-step loss differences over the last half; with several ``--seeds``, then one line per arm with the
 mean and spread (sample standard deviation) of the test accuracy.
 """
 
@@ -32,9 +34,10 @@ import torch
 
 from common.augment import augmenter
 from common.data import load_dataset
-from common.models import build_model
+from common.models import DEFAULT_INPUT_NORM, INPUT_NORMS, build_model
 from common.training import evaluate, make_optimizer, train_steps
 from common.visualmixer import DEFAULT_TARGET_VFE, VisualMixer
+from common.visualmixer.invariants import default_region_size
 
 # study -> arms (model, optimizer, target VFE or None for clean, region scope, recipe)
 STUDIES = {
@@ -45,8 +48,13 @@ STUDIES = {
     "recipes": [("small-cnn", "adam", None, 1, r) for r in ("plain", "augment")]
     + [("small-cnn", "adam", DEFAULT_TARGET_VFE, 1, r) for r in ("plain", "augment", "tta", "augment+tta", "pretrain")],
     "curve": [(m, "adam", t, 1, "plain") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)],
+    # The models' input normalisation (input_norm), clean and at the default target.
+    "inputs": [(m, "adam", t, 1, f"norm-{n}") for m in ("small-cnn", "region-invariant") for t in (None, DEFAULT_TARGET_VFE)
+               for n in INPUT_NORMS],
+    # The same where each model is the default (small-cnn clean, region-invariant under VisualMixer).
+    "inputs-defaults": [(m, "adam", t, 1, f"norm-{n}") for m, t in (("small-cnn", None), ("region-invariant", DEFAULT_TARGET_VFE))
+                        for n in INPUT_NORMS],
 }
-REGION_SIZE = 8
 LEARNING_RATES = {"sgd": 0.02, "adam": 1e-3, "st-adam": 1e-3}
 
 
@@ -57,19 +65,21 @@ def oscillation(losses: list[float]) -> float | None:
 
 def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args, public=None) -> dict:
     torch.manual_seed(seed)
-    model = build_model(model_name, train.images.shape[1], train.num_classes)
+    region = default_region_size(args.image_size)
+    norm = recipe.removeprefix("norm-") if recipe.startswith("norm-") else DEFAULT_INPUT_NORM
+    model = build_model(model_name, train.images.shape[1], train.num_classes, args.image_size, region, norm)
     pretrain_seconds = 0.0
     if recipe == "pretrain":  # the server's own clean public images, then the clients' obfuscated ones
         start = time.perf_counter()
         train_steps(model, public.images, public.labels, make_optimizer(optimizer_name, model.parameters(),
                     LEARNING_RATES[optimizer_name]), args.pretrain_steps, args.batch_size)
         pretrain_seconds = time.perf_counter() - start
-    mixer = None if target is None else VisualMixer(target, region_size=REGION_SIZE, region_scope=scope)
+    mixer = None if target is None else VisualMixer(target, region_size=region, region_scope=scope)
     batches = mixer
     if "augment" in recipe:  # after the shuffle: flips and whole-region shifts commute with it
         generator = torch.Generator().manual_seed(seed)
 
-        augment = augmenter("flip-shift", REGION_SIZE, obfuscated=True, generator=generator)
+        augment = augmenter("flip-shift", region, obfuscated=True, generator=generator)
 
         def batches(x, mixer=mixer):
             return augment(mixer(x) if mixer is not None else x)
@@ -96,6 +106,8 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
         "target_vfe": target,
         "region_scope": scope if target is not None else None,
         "steps": args.steps,
+        "image_size": args.image_size,
+        "input_norm": norm,
         "test_accuracy": round(accuracy, 4),
         "test_loss": round(test_loss, 4),
         "final_train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", choices=sorted(STUDIES), required=True)
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=None, help="Adam's (default: 1e-3)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-images", type=int, default=2000)
@@ -122,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="picks the test images")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="one run per seed (default: --seed)")
     args = parser.parse_args(argv)
-    train = load_dataset(args.dataset, "train", args.data_dir)
-    test = load_dataset(args.dataset, "test", args.data_dir)
+    if args.learning_rate:
+        LEARNING_RATES["adam"] = args.learning_rate
+    train = load_dataset(args.dataset, "train", args.data_dir, image_size=args.image_size)
+    test = load_dataset(args.dataset, "test", args.data_dir, image_size=args.image_size)
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     test = test.subset(pick[: args.test_images])
     public = None
