@@ -87,7 +87,7 @@ class Node:
     def model(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Sequential:
         model = build_model(
             self.config.model, self.train_set.images.shape[1], self.train_set.num_classes, self.config.image_size,
-            self.config.region_size,
+            self.config.region_size, self.config.input_norm,
         )
         if state is not None:
             model.load_state_dict(state)

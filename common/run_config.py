@@ -22,7 +22,7 @@ from typing import Any
 from .augment import AUGMENTATIONS
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE
-from .models import MODELS, num_stages
+from .models import INPUT_NORMS, MODELS, num_stages
 from .training import OPTIMIZERS
 from .visualmixer import VisualMixer
 from .visualmixer.invariants import default_region_size
@@ -47,7 +47,7 @@ STRATEGIES = {
 # from the budget, where the planned rounds set sigma.
 OPERATIONAL_KEYS = frozenset(
     {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples", "bad-images",
-     "max-abs-value", "max-examples-per-reply", "vfe-tolerance"}
+     "max-abs-value", "max-examples-per-reply", "vfe-tolerance", "plateau-rounds", "plateau-margin"}
 )
 
 
@@ -75,6 +75,7 @@ class RunConfig:
     learning_rate: float
     optimizer: str
     model: str
+    input_norm: str
     cut_layer: int
     target_vfe: float
     region_size: int
@@ -82,6 +83,8 @@ class RunConfig:
     strategy: str
     min_replies: int
     round_timeout: float
+    plateau_rounds: int
+    plateau_margin: float
     max_abs_value: float
     max_examples_per_reply: int
     vfe_tolerance: float
@@ -246,6 +249,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         learning_rate=_number("learning-rate", value("learning-rate"), float, 1e-12),
         optimizer=_choice("optimizer", value("optimizer"), OPTIMIZERS),
         model=model,
+        input_norm=_choice("input-norm", value("input-norm"), INPUT_NORMS),
         cut_layer=_number("cut-layer", value("cut-layer"), int, 1, num_stages(model) - 1),
         target_vfe=_number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
         region_size=region_size,
@@ -253,6 +257,8 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         strategy=_choice("strategy", value("strategy"), STRATEGIES),
         min_replies=_number("min-replies", value("min-replies"), int, 1),
         round_timeout=_number("round-timeout", value("round-timeout"), float, 1.0),
+        plateau_rounds=_number("plateau-rounds", value("plateau-rounds"), int, 0),
+        plateau_margin=_number("plateau-margin", value("plateau-margin"), float, 0.0, 1.0),
         max_abs_value=_number("max-abs-value", value("max-abs-value"), float, 1e-6),
         max_examples_per_reply=_number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
         vfe_tolerance=_number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),

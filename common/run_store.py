@@ -109,11 +109,13 @@ class RunStore:
         return rows
 
     def summarise(self, status: str, message: str, **extra: Any) -> dict[str, Any]:
-        """Write ``summary.json``: the status, why, and the rounds completed so far."""
+        """Write ``summary.json``: the status, why, the rounds completed so far, and the
+        ``warning`` of any round (such as a run that is not learning)."""
         completed = [r for r in self.read_metrics() if r.get("status") == "completed"]
         summary = {
             "status": status, "message": message, "rounds_completed": len(completed),
-            "last": completed[-1] if completed else None, **extra,
+            "last": completed[-1] if completed else None,
+            "warnings": [f"round {r['round']}: {r['warning']}" for r in completed if r.get("warning")], **extra,
         }
         self.write_json("summary.json", summary)
         return summary

@@ -27,6 +27,7 @@ from common.training import (
     round_seed,
     train_steps,
 )
+from server.plateau import plateau_warning
 
 log = logging.getLogger("flwr")
 BUFFER_LIMIT = 50_000  # most obfuscated uploads the server keeps for training
@@ -72,7 +73,7 @@ class ServerTrainer:
         self.channels, self.num_classes = dataset_shape(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(
-            cfg.model, self.channels, self.num_classes, cfg.image_size, cfg.region_size
+            cfg.model, self.channels, self.num_classes, cfg.image_size, cfg.region_size, cfg.input_norm
         ).to(self.device)
         if cfg.exchange in ("images", "activations"):
             self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
@@ -224,6 +225,7 @@ class ServerTrainer:
         bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise NonFiniteModel(f"the model holds non-finite values after round {server_round} ({', '.join(bad[:3])})")
+        self._check_learning(row)
         self.store.append_metrics(row)
         self.store.save_checkpoint(
             {
@@ -236,6 +238,18 @@ class ServerTrainer:
                 "samples_saved": self.samples_saved,
             }
         )
+
+    def _check_learning(self, row: dict) -> None:
+        """Adds a ``warning`` to the round's row, and logs it, the first time the run's
+        train-loss has stayed near the loss of guessing (:mod:`server.plateau`)."""
+        earlier = [r for r in self.store.read_metrics() if r.get("status") == "completed"]
+        if any("warning" in r for r in earlier):
+            return  # once per run, also across a resume
+        losses = [r.get("train-loss") for r in earlier] + [row.get("train-loss")]
+        warning = plateau_warning(losses, self.num_classes, self.config.plateau_rounds, self.config.plateau_margin)
+        if warning:
+            row["warning"] = warning
+            log.warning("Round %d: %s", row["round"], warning)
 
     def finish(self, status: str, message: str, started: float, keep_model: bool = True) -> dict:
         """``summary.json``, and ``final_model.pt`` unless the run failed (a failed round's

@@ -164,6 +164,8 @@ class RunFolder:
         return {
             **self.overview(flower),
             "rounds": metrics.rows,
+            # Warnings the server attached to rounds (e.g. a run that is not learning).
+            "warnings": [f"round {r.get('round')}: {r['warning']}" for r in metrics.rows if r.get("warning")],
             "events": events.rows[-500:],
             "nodes": last_outcomes(events.rows),
             "skipped-lines": metrics.skipped + events.skipped,

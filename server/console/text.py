@@ -69,6 +69,8 @@ def render(run: RunFolder, last: int = 20, flower: dict[str, dict[str, Any]] | N
     for event in rejected:
         parts.append(Text(f"round {event.get('round')} node {event.get('node')}: {event.get('outcome')} "
                           f"{event.get('what')}: {event.get('reason', '')}", style="red"))
+    for warning in detail["warnings"]:
+        parts.append(Text(warning, style="yellow"))
     for note in detail["skipped-lines"][-3:]:
         parts.append(Text(f"skipped {note}", style="dim"))
     if detail["summary"]:

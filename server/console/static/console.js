@@ -285,6 +285,7 @@ async function refreshRun() {
       ` · ${seconds(d.elapsed)}`, d["flower-run-id"] !== null ? ` · Flower run ${d["flower-run-id"]}` : ""),
     d.reason ? h("div", { class: d.status.includes("failed") ? "error" : d.status === "finished:completed" ? "muted" : "note", id: "reason" }, d.reason) : null,
     d["superlink-error"] ? h("div", { class: "note" }, d["superlink-error"]) : null,
+    d.warnings.map((w) => h("div", { class: "note warning" }, w)),
     d["skipped-lines"].length ? h("div", { class: "note", id: "skipped" }, `Skipped ${d["skipped-lines"].length} line(s): `, d["skipped-lines"].slice(-3).join("; ")) : null,
     live && d.superlink ? h("button", { id: "stop", class: "danger", disabled: stopping, onclick: () => stopRun(name) }, stopping ? "Stopping…" : "Stop run") : null,
     runCharts(d),
