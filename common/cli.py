@@ -2,6 +2,7 @@
 
     visualmixer obfuscate IMAGE... --out DIR [--target-vfe X] [--region-size N] [--seed S]
     visualmixer vfe IMAGE... [--region-size N]
+    visualmixer check DIR [--image-size N] [--defense D] [--seconds S] [--out DIR] [--json]
     visualmixer console [--runs-dir outputs] [--superlink NAME] [--host H] [--port P] | --text RUN_DIR
 
 Any file PIL opens works. An unreadable file is reported on stderr and skipped; the exit
@@ -116,6 +117,32 @@ def cmd_vfe(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# check's options: run-config keys (None = the app's default), with their types.
+CHECK_KEYS = {
+    "image-size": int, "defense": str, "model": str, "input-norm": str, "target-vfe": float,
+    "region-size": int, "region-scope": int, "learning-rate": float, "batch-size": int, "bad-images": str, "seed": int,
+}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import DataError
+    from .data_check import run_check
+    from .run_config import ConfigError
+
+    overrides = {key: getattr(args, key.replace("-", "_")) for key in CHECK_KEYS}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    sheet = Path(args.out) / f"{Path(args.dir).resolve().name}-sheet.png"
+    try:
+        report = run_check(args.dir, overrides, seconds=args.seconds, sheet=sheet, max_steps=args.steps)
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0 if report.steps == 0 or report.learns else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visualmixer", description="Obfuscate image files with VisualMixer, or print their VFE.",
@@ -138,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     vfe.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     vfe.add_argument("--region-size", **region)
     vfe.set_defaults(run=cmd_vfe)
+    check = sub.add_parser(
+        "check", help="will a run learn on this ImageFolder? counts, unreadable files, a sheet, a 1-minute training",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    check.add_argument("dir", metavar="DIR", help="an ImageFolder root with train/ and test/ class folders")
+    for key, kind in CHECK_KEYS.items():
+        check.add_argument(f"--{key}", type=kind, default=None, help="run-config key (default: the app's)")
+    check.add_argument("--seconds", type=float, default=60.0, help="central training time (0: no training)")
+    check.add_argument("--steps", type=int, default=None, help="stop after this many steps if sooner")
+    check.add_argument("--out", default="outputs/check", help="where the sheet of images goes")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=cmd_check)
     console = sub.add_parser(
         "console", help="the operator console: follow, compare and stop runs in a browser (or --text)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -183,11 +183,18 @@ def _folder_key(samples: list[tuple[str, int]], image_size: int, bad_images: str
     return digest.hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=4)
 def _load_folder(root: str, split: str, image_size: int, bad_images: str = "skip") -> ImageSet:
-    """``root/split`` as an ImageSet. Unreadable files are skipped with one warning naming
-    the count and the first few (``bad_images="skip"``), or fail the load (``"fail"``);
-    a folder with no readable image fails either way."""
+    """``root/split`` as an ImageSet (see :func:`read_folder`)."""
+    return read_folder(root, split, image_size, bad_images)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def read_folder(root: str, split: str, image_size: int, bad_images: str = "skip") -> tuple[ImageSet, tuple[str, ...]]:
+    """(``root/split`` as an ImageSet, the paths of the files that could not be decoded).
+
+    Unreadable files are skipped with one warning naming the count and the first few
+    (``bad_images="skip"``), or fail the load (``"fail"``); a folder with no readable image
+    fails either way. The decoded tensors are cached (see :data:`CACHE_ENV`)."""
     from torchvision.datasets import ImageFolder
 
     if bad_images not in BAD_IMAGES:
@@ -206,7 +213,8 @@ def _load_folder(root: str, split: str, image_size: int, bad_images: str = "skip
     if cached.exists():
         try:
             data = torch.load(cached, weights_only=True)
-            return ImageSet(data["images"], data["labels"], tuple(tree.classes))
+            failed = tuple(data.get("failed", ()))
+            return ImageSet(data["images"], data["labels"], tuple(tree.classes)), failed
         except (OSError, RuntimeError, KeyError, EOFError):
             pass  # unreadable cache: decode again and rewrite it
     images, keep, failed = _decode(tree.samples, image_size, bad_images, folder)
@@ -220,11 +228,11 @@ def _load_folder(root: str, split: str, image_size: int, bad_images: str = "skip
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"images": result.images, "labels": result.labels}, tmp)
+        torch.save({"images": result.images, "labels": result.labels, "failed": list(failed)}, tmp)
         os.replace(tmp, cached)
     except OSError as err:  # a read-only home: every process decodes again, and says why
         log.warning("Could not cache decoded images in %s (%s); set %s", cached.parent, err, CACHE_ENV)
-    return result
+    return result, tuple(failed)
 
 
 def _decode(samples: list[tuple[str, int]], image_size: int, bad_images: str, folder: Path):

@@ -18,9 +18,9 @@ from common.run_config import ConfigError, parse_run_config
 def folder(tmp_path, shapes_folder):
     root = tmp_path / "photos"
     shutil.copytree(shapes_folder, root)
-    data._load_folder.cache_clear()
+    data.read_folder.cache_clear()
     yield root
-    data._load_folder.cache_clear()
+    data.read_folder.cache_clear()
 
 
 def _corrupt(root, count: int) -> list[str]:
@@ -58,12 +58,12 @@ def test_decoded_images_are_cached_until_a_file_changes(folder, monkeypatch):
     decode = data._decode
     monkeypatch.setattr(data, "_decode", lambda *a: calls.append(1) or decode(*a))
     first = load_dataset("folder", "test", folder)
-    data._load_folder.cache_clear()  # a new process, as a deployed node's next message
+    data.read_folder.cache_clear()  # a new process, as a deployed node's next message
     second = load_dataset("folder", "test", folder)
     assert len(calls) == 1 and (first.images == second.images).all() and (first.labels == second.labels).all()
     changed = sorted((folder / "test").rglob("*.png"))[0]
     os.utime(changed, ns=(0, 10**18))
-    data._load_folder.cache_clear()
+    data.read_folder.cache_clear()
     load_dataset("folder", "test", folder)
     assert len(calls) == 2
 
