@@ -94,7 +94,9 @@ def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, brows
     dp = RunStore(str(runs), "gamma")  # a DP-SGD run: epsilon per node against the budget
     dp.write_config({**CONFIG, "defense": "dp-sgd", "exchange": "weights", "target-epsilon": 8.0})
     for k in (1, 2):
-        dp.append_metrics({**ROUND, "round": k, "epsilon-max": 2.0 * k, "epsilon-per-node": {"5": 2.0 * k, "6": 1.5 * k}})
+        warning = {"warning": "not learning: train-loss stayed near ln(10)"} if k == 2 else {}
+        dp.append_metrics({**ROUND, "round": k, "epsilon-max": 2.0 * k, "epsilon-per-node": {"5": 2.0 * k, "6": 1.5 * k},
+                           **warning})
     (runs / "study").mkdir()
     (runs / "study" / "results.csv").write_text("arm,test-accuracy\nimages-none,0.5\n")
     port = free_port()
@@ -117,6 +119,7 @@ def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, brows
         page.wait_for_selector("#chart-epsilon svg")
         assert page.locator("#chart-epsilon svg path").count() == 2  # one line per node
         assert "budget 8" in page.inner_text("#chart-epsilon")
+        assert page.inner_text(".warning") == "round 2: not learning: train-loss stayed near ln(10)"
         assert not errors, errors
     finally:
         console.terminate()
