@@ -8,6 +8,7 @@ with the rest when at least ``min-replies`` passed, otherwise :class:`RoundFaile
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -73,6 +74,20 @@ def rejection_reason(error: Exception) -> str:
     if isinstance(error, KeyError):
         return f"it lacks the key {error}"
     return f"reading it failed with {type(error).__name__}: {error}"
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+MAX_REASON_CHARS = 300
+
+
+def one_line(reason: str) -> str:
+    """A node's error as one line of plain text: terminal codes removed, and of a traceback
+    only its last line (the exception and its message), cut to ``MAX_REASON_CHARS``."""
+    lines = [line.strip() for line in ANSI_CODES.sub("", reason).splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    line = lines[-1] if any("Traceback (most recent call last)" in line for line in lines) else " ".join(lines)
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
 
 
 Event = dict[str, Any]
@@ -151,8 +166,8 @@ class Messenger:
                 asked = origin(reply)
                 node = asked.metadata.dst_node_id if asked else reply.metadata.src_node_id
                 kind = asked.metadata.message_type if asked else reply.metadata.message_type
-                log.warning("Node %d failed: %s", node, reply.error.reason)
-                self.event("failed", node, kind, reply.error.reason)
+                log.warning("Node %d failed: %s", node, reply.error.reason)  # the whole traceback
+                self.event("failed", node, kind, one_line(reply.error.reason))
             else:
                 good.append(reply)
         return good

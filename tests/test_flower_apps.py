@@ -270,6 +270,27 @@ def test_failed_and_silent_nodes(tmp_path, caplog):
     assert "Node 2 failed: out of memory" in messages and "Node 3 did not reply" in messages
 
 
+def test_a_failed_nodes_traceback_is_stored_as_one_plain_line(tmp_path, caplog):
+    """events.jsonl and the console get the exception's line without terminal codes; the
+    server log keeps the whole traceback."""
+    traceback = (
+        "\x1b[36m(ClientAppActor pid=42)\x1b[0m Traceback (most recent call last):\n"
+        '  File "client_app.py", line 9, in train\n    raise RuntimeError("CUDA out of memory")\n'
+        "\x1b[31mRuntimeError: CUDA out of memory\x1b[0m\n"
+    )
+
+    def fail(msg, reply):
+        from flwr.app import Error
+
+        return Message(Error(code=0, reason=traceback), reply_to=msg)
+
+    _, _, _, folder = run(tmp_path, "traceback", num_nodes=2, tamper={2: fail}, **{"num-server-rounds": 1})
+    events = [json.loads(l) for l in (folder / "events.jsonl").read_text().splitlines()]
+    reasons = {e["reason"] for e in events if e["outcome"] == "failed"}
+    assert reasons == {"RuntimeError: CUDA out of memory"}
+    assert any('line 9, in train' in r.message for r in caplog.records)
+
+
 def test_a_run_with_a_round_missing_from_its_metrics_is_not_completed(tmp_path):
     """However it happened, a run whose metrics.jsonl lacks a completed round is failed."""
     run(tmp_path, "gap", **{"num-server-rounds": 2})
