@@ -19,8 +19,9 @@ is used on them). ``recipes`` tries, clean and obfuscated, what commutes with th
 which every arm of the study then leaves out of its own training data). ``inputs`` and
 ``inputs-defaults`` compare the models' input normalisation (``input-norm``). Prints one
 JSON line per arm and seed: final test accuracy, the mean loss of the last 50 steps, and
-the loss oscillation = standard deviation of step-to-step loss differences over the last half; with several ``--seeds``, then one line per arm with the
-mean and spread (sample standard deviation) of the test accuracy.
+the loss oscillation = standard deviation of step-to-step loss differences over the last
+half; with several ``--seeds``, then one line per arm with the mean and spread (sample
+standard deviation) of the test accuracy.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def oscillation(losses: list[float]) -> float | None:
 def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed, args, public=None) -> dict:
     torch.manual_seed(seed)
     region = default_region_size(args.image_size)
-    norm = recipe.removeprefix("norm-") if recipe.startswith("norm-") else DEFAULT_INPUT_NORM
+    norm = recipe.removeprefix("norm-") if recipe.startswith("norm-") else args.input_norm
     model = build_model(model_name, train.images.shape[1], train.num_classes, args.image_size, region, norm)
     pretrain_seconds = 0.0
     if recipe == "pretrain":  # the server's own clean public images, then the clients' obfuscated ones
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="shapes")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--input-norm", choices=INPUT_NORMS, default=DEFAULT_INPUT_NORM,
+                        help="the models' input normalisation (the inputs studies set their own)")
     parser.add_argument("--learning-rate", type=float, default=None, help="Adam's (default: 1e-3)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
