@@ -47,7 +47,8 @@ STRATEGIES = {
 # from the budget, where the planned rounds set sigma.
 OPERATIONAL_KEYS = frozenset(
     {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples", "bad-images",
-     "max-abs-value", "max-examples-per-reply", "vfe-tolerance", "plateau-rounds", "plateau-margin"}
+     "max-abs-value", "max-examples-per-reply", "vfe-tolerance", "plateau-rounds", "plateau-margin",
+     "update-clip", "activation-bound", "examples-share"}
 )
 
 
@@ -87,6 +88,9 @@ class RunConfig:
     plateau_margin: float
     max_abs_value: float
     max_examples_per_reply: int
+    update_clip: float
+    activation_bound: float
+    examples_share: float
     vfe_tolerance: float
     eval_samples: int
     num_classes: int
@@ -153,6 +157,15 @@ def _number(key: str, value: Any, kind: type, minimum: float, maximum: float | N
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ConfigError(f"run-config {key}={value!r} must be {bound}")
     return value
+
+
+def _bound(key: str, value: Any) -> float:
+    """A multiple of the round's median: 0 (off) or at least 1 (below 1 it would cut the
+    median node itself)."""
+    bound = _number(key, value, float, 0.0)
+    if 0 < bound < 1:
+        raise ConfigError(f"run-config {key}={bound!r} must be 0 (off) or >= 1: a multiple of the round's median")
+    return bound
 
 
 def _text(key: str, value: Any) -> str:
@@ -261,6 +274,9 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         plateau_margin=_number("plateau-margin", value("plateau-margin"), float, 0.0, 1.0),
         max_abs_value=_number("max-abs-value", value("max-abs-value"), float, 1e-6),
         max_examples_per_reply=_number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
+        update_clip=_bound("update-clip", value("update-clip")),
+        activation_bound=_bound("activation-bound", value("activation-bound")),
+        examples_share=_bound("examples-share", value("examples-share")),
         vfe_tolerance=_number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),
         eval_samples=_number("eval-samples", value("eval-samples"), int, 0),
         num_classes=_number("num-classes", value("num-classes"), int, 0),

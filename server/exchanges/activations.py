@@ -21,6 +21,7 @@ from common.payloads import PayloadError, check_activations, check_weights
 from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, reply_arrays
+from server.robustness import clip_update, lower_median, per_sample_norm, update_norm
 from server.trainer import ServerTrainer
 
 
@@ -55,7 +56,28 @@ class ActivationsExchange(Exchange):
             return 10**9
         return int(samples + 6 * samples**0.5) + 1 if self.config.uses_dp else samples
 
+    def bounded(self, kept: Kept, messenger: Messenger) -> Kept:
+        """The replies whose median per-sample activation norm is at most ``activation-bound``
+        x the round's median (``server.robustness``); the others are rejected."""
+        norms = [per_sample_norm(a) for _, (a, _, _) in kept]
+        median = lower_median(norms)
+        if not self.config.activation_bound:
+            return kept
+        keep = []
+        for (reply, payload), norm in zip(kept, norms, strict=True):
+            if norm <= self.config.activation_bound * median:
+                keep.append((reply, payload))
+                continue
+            messenger.rejected += 1
+            messenger.event(
+                "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
+                f"activations' median sample norm {norm:.4g} is {norm / median if median else float('inf'):.3g}x "
+                f"the round's median {median:.4g} (activation-bound={self.config.activation_bound})",
+            )
+        return keep
+
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
+        kept = self.bounded(kept, messenger)
         activations = torch.cat([a for _, (a, _, _) in kept])
         labels = torch.cat([y for _, (_, y, _) in kept])
         gradient, loss = self.trainer.train_top(activations, labels)
@@ -77,8 +99,9 @@ class ActivationsExchange(Exchange):
             acks, lambda ack: self._acknowledgement(ack, reference), "gradient acknowledgement", required=False,
         )
         if acked:
+            layers = self.bound_layers(acked, reference, messenger)
             self.trainer.client_part.load_state_dict(
-                mean_state([(layers, int(m["num-examples"])) for _, (m, layers) in acked])
+                mean_state([(state, int(m["num-examples"])) for (_, (m, _)), state in zip(acked, layers, strict=True)])
             )
         ack_metrics = [(ack.metadata.src_node_id, m) for ack, (m, _) in acked]
         applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
@@ -87,6 +110,27 @@ class ActivationsExchange(Exchange):
             **row, "train-loss": loss, "skipped-steps": self.trainer.skipped_steps,
             "gradients-applied": applied, **privacy_metrics(ack_metrics),
         }
+
+    def bound_layers(
+        self, acked: list, reference: dict[str, torch.Tensor], messenger: Messenger
+    ) -> list[dict[str, torch.Tensor]]:
+        """Each node's client layers, their update scaled to at most ``update-clip`` x the
+        round's median update norm (as in ``weights``)."""
+        layers = [state for _, (_, state) in acked]
+        norms = [update_norm(state, reference) for state in layers]
+        median = lower_median(norms)
+        bound = self.config.update_clip * median
+        out = []
+        for (ack, _), state, norm in zip(acked, layers, norms, strict=True):
+            if self.config.update_clip and norm > bound:
+                state = clip_update(state, reference, norm, bound)
+                messenger.event(
+                    "clipped", ack.metadata.src_node_id, ack.metadata.message_type,
+                    f"client layers' update norm {norm:.4g} is above {self.config.update_clip} x the round's "
+                    f"median {median:.4g}; scaled to {bound:.4g}",
+                )
+            out.append(state)
+        return out
 
     def _acknowledgement(
         self, ack: Message, reference: dict[str, torch.Tensor]

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from flwr.app import ArrayRecord, Message, MessageType
 
-from common.payloads import check_metrics, expected_metrics
+from common.payloads import PayloadError, check_metrics, expected_metrics
 from common.run_config import RunConfig
 from server.messaging import Messenger, RoundFailed, check_records, log, reply_metrics
+from server.robustness import fair_counts
 from server.trainer import ServerTrainer
 
 Kept = list[tuple[Message, Any]]  # (reply, what validate() returned) per accepted reply
@@ -53,6 +54,9 @@ class Exchange(ABC):
 
     def _evaluation(self, reply: Message) -> tuple[float, float, int]:
         metrics = self.checked_metrics(reply, MessageType.EVALUATE, arrays=False)
+        asked = self.config.eval_samples
+        if asked and metrics["num-examples"] > asked:
+            raise PayloadError(f"num-examples={metrics['num-examples']} but the server asked for eval-samples={asked}")
         return metrics["eval-accuracy"], metrics["eval-loss"], metrics["num-examples"]
 
     def evaluate_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
@@ -67,10 +71,12 @@ class Exchange(ABC):
         kept = messenger.accept(replies, self._evaluation, "evaluation", required=False)
         row: dict[str, Any] = {}
         if kept:
-            results = [result for _, result in kept]
+            # A node's say in the average is at most examples-share x the median count.
+            counts = fair_counts([n for _, (_, _, n) in kept], self.config.examples_share)
+            results = [(acc, loss, n) for (_, (acc, loss, _)), n in zip(kept, counts, strict=True)]
             row = {
-                "federated-accuracy": weighted_mean([(a, n) for a, _, n in results]),
-                "federated-loss": weighted_mean([(l, n) for _, l, n in results]),
+                "federated-accuracy": weighted_mean([(acc, n) for acc, _, n in results]),
+                "federated-loss": weighted_mean([(loss, n) for _, loss, n in results]),
                 "federated-nodes": len(results),
             }
         return {**row, **self.trainer.evaluate_central()}

@@ -290,7 +290,7 @@ async function refreshRun() {
     live && d.superlink ? h("button", { id: "stop", class: "danger", disabled: stopping, onclick: () => stopRun(name) }, stopping ? "Stopping…" : "Stop run") : null,
     runCharts(d),
     h("h2", {}, "Rounds"), roundsTable(d.rounds),
-    h("h2", {}, "Replies not accepted"), eventsTable(d.events),
+    h("h2", {}, "Replies not accepted as sent"), eventsTable(d.events),
     d.files.includes("samples.png") ? [h("h2", {}, "What the server saw"),
       h("p", { class: "muted" }, "Uploads exactly as the server received them. Nothing recognisable should be here."),
       h("div", { class: "gallery" }, h("img", { id: "gallery", src: file("samples.png"), alt: "uploads as received" }))] : null,
