@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from client.client_app import app as honest
 from common.shapes import generate_shapes
+from simulations.bench.guard_payloads import blue_checkerboard, checker_noise
 
 app = ClientApp()
 
@@ -39,20 +40,13 @@ def _arrays(reply: Message) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in reply.content["arrays"].items()}
 
 
-def checkerboard(side: int) -> np.ndarray:
-    return (np.add.outer(np.arange(side), np.arange(side)) % 2).astype(np.int16)
-
-
 def tampered_images(mode: str, count: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` originals (32x32 shapes) as ``mode`` dresses them, and their labels."""
     images, labels = generate_shapes(count, seed=seed)
-    x = images.numpy().astype(np.int16)
-    if side != x.shape[-1]:
+    if side != images.shape[-1]:
         raise ValueError("the hostile node's originals are 32x32 shapes")
-    if mode == "blue-checkerboard":
-        x[:, 2] = checkerboard(side) * 255
-    else:  # checker-noise
-        x = x + 12 * (2 * checkerboard(side) - 1)
-    return np.clip(x, 0, 255).astype(np.uint8), labels.numpy()
+    dressed = blue_checkerboard(images) if mode == "blue-checkerboard" else checker_noise(images, 12)
+    return dressed.numpy(), labels.numpy()
 
 
 def tamper(msg: Message, reply: Message, hostile: set[str]) -> Message:

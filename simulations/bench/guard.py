@@ -2,8 +2,8 @@
 
     python -m simulations.bench.guard [--nodes 4] [--upload-samples 256] [--server-steps 40] [--repeats 5]
 
-The guard measures the VFE of every uploaded image (``ImagesExchange.privacy_guard``) before
-the server trains on them. This times, in turns in one run, the guard over one round's
+The guard measures the VFE of every uploaded image per region and channel
+(``server.exchanges.images.guard_failures``) before the server trains on them. This times, in turns in one run, the guard over one round's
 uploads (``nodes x upload-samples`` obfuscated 32x32 images) and the server's training of
 that round (``server-steps`` steps of ``server-batch-size`` on the small CNN, as
 ``ServerTrainer.train_on_uploads`` does), and prints one JSON line with the medians and
@@ -23,7 +23,8 @@ from common.defaults import DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE
 from common.models import build_model
 from common.shapes import generate_shapes
 from common.training import make_optimizer, train_steps
-from common.visualmixer import VisualMixer, visual_feature_entropy
+from common.visualmixer import VisualMixer
+from server.exchanges.images import guard_failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         start = time.perf_counter()
         for chunk in uploads.split(args.upload_samples):  # one call per reply, as the server does
-            visual_feature_entropy(chunk, DEFAULT_REGION_SIZE)
+            guard_failures(chunk, DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE - 0.05)
         guard.append(time.perf_counter() - start)
         start = time.perf_counter()
         train_steps(model, uploads, labels, optimizer, args.server_steps, args.server_batch_size)
