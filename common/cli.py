@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", metavar="DIR", help="an ImageFolder root with train/ and test/ class folders")
     for key, kind in CHECK_KEYS.items():
         check.add_argument(f"--{key}", type=kind, default=None, help="run-config key (default: the app's)")
-    check.add_argument("--seconds", type=float, default=60.0, help="central training time (0: no training)")
+    check.add_argument("--seconds", type=float, default=45.0, help="central training time (0: no training)")
     check.add_argument("--steps", type=int, default=None, help="stop after this many steps if sooner")
     check.add_argument("--out", default="outputs/check", help="where the sheet of images goes")
     check.add_argument("--json", action="store_true", help="print the report as JSON")

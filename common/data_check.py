@@ -4,8 +4,9 @@ The folder is read exactly as a run reads it (the same decode, cache and ``image
 the report gives the classes and their counts, the files that could not be decoded, a
 sheet of a few images per class as the model sees them (and obfuscated, under
 VisualMixer), and the test accuracy of the run's default model trained centrally for
-``seconds`` on a small split, against chance (the most frequent test class). A run whose
-check stays at chance will not learn either: change the data or the recipe first.
+``seconds`` (45 by default) on a small split, against chance (the most frequent test
+class). A run whose check stays at chance will not learn either: change the data or the
+recipe first.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def write_sheet(data: ImageSet, config: RunConfig, path: Path) -> Path:
 def run_check(
     root: str | Path,
     overrides: dict[str, Any] | None = None,
-    seconds: float = 60.0,
+    seconds: float = 45.0,
     train_images: int = 4000,
     test_images: int = 1000,
     sheet: Path | None = None,
