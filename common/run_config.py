@@ -48,7 +48,7 @@ STRATEGIES = {
 OPERATIONAL_KEYS = frozenset(
     {"output-dir", "run-name", "device", "round-timeout", "min-replies", "data-dir", "eval-samples", "bad-images",
      "max-abs-value", "max-examples-per-reply", "vfe-tolerance", "plateau-rounds", "plateau-margin",
-     "update-clip", "activation-bound", "examples-share"}
+     "update-bound", "activation-bound", "examples-share"}
 )
 
 
@@ -88,7 +88,7 @@ class RunConfig:
     plateau_margin: float
     max_abs_value: float
     max_examples_per_reply: int
-    update_clip: float
+    update_bound: float
     activation_bound: float
     examples_share: float
     vfe_tolerance: float
@@ -274,7 +274,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         plateau_margin=_number("plateau-margin", value("plateau-margin"), float, 0.0, 1.0),
         max_abs_value=_number("max-abs-value", value("max-abs-value"), float, 1e-6),
         max_examples_per_reply=_number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
-        update_clip=_bound("update-clip", value("update-clip")),
+        update_bound=_bound("update-bound", value("update-bound")),
         activation_bound=_bound("activation-bound", value("activation-bound")),
         examples_share=_bound("examples-share", value("examples-share")),
         vfe_tolerance=_number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),

@@ -83,7 +83,7 @@ def test_a_lying_node_moves_the_average_no_more_than_its_fair_share(tmp_path, cl
         return _weights_reply(msg, reply, 1.0, claim) if msg.metadata.message_type == "train" else reply
 
     _, rows, _, folder = run(tmp_path, "fair", tamper={1: honest, 2: liar}, exchange="weights",
-                             **{"num-server-rounds": 1, "max-examples-per-reply": 100, "update-clip": 0})
+                             **{"num-server-rounds": 1, "max-examples-per-reply": 100, "update-bound": 0})
     final = torch.load(folder / "final_model.pt")
     for key, before in sent.items():
         if before.is_floating_point():

@@ -65,7 +65,7 @@ def render(run: RunFolder, last: int = 20, flower: dict[str, dict[str, Any]] | N
         else:
             table.add_row(*[_cell(row, key, fmt) for key, _, fmt in COLUMNS])
     parts: list[Any] = [header, table]
-    rejected = [e for e in detail["events"] if e.get("outcome") in ("rejected", "failed", "silent", "clipped", "clamped")][-5:]
+    rejected = [e for e in detail["events"] if e.get("outcome") in ("rejected", "failed", "silent", "clamped")][-5:]
     for event in rejected:
         parts.append(Text(f"round {event.get('round')} node {event.get('node')}: {event.get('outcome')} "
                           f"{event.get('what')}: {event.get('reason', '')}", style="red"))

@@ -21,7 +21,7 @@ from common.payloads import PayloadError, check_activations, check_weights
 from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, reply_arrays
-from server.robustness import clip_update, lower_median, per_sample_norm, update_norm
+from server.robustness import above_bound, per_sample_norm, update_norm
 from server.trainer import ServerTrainer
 
 
@@ -56,28 +56,27 @@ class ActivationsExchange(Exchange):
             return 10**9
         return int(samples + 6 * samples**0.5) + 1 if self.config.uses_dp else samples
 
-    def bounded(self, kept: Kept, messenger: Messenger) -> Kept:
-        """The replies whose median per-sample activation norm is at most ``activation-bound``
-        x the round's median (``server.robustness``); the others are rejected."""
-        norms = [per_sample_norm(a) for _, (a, _, _) in kept]
-        median = lower_median(norms)
-        if not self.config.activation_bound:
-            return kept
+    def bounded(self, kept: list, norms: list[float], multiple: float, what: str, messenger: Messenger) -> list:
+        """The entries of ``kept`` whose norm is at most ``multiple`` x the round's median
+        (``server.robustness``); the others are rejected with an event."""
+        median, outside = above_bound(norms, multiple)
         keep = []
-        for (reply, payload), norm in zip(kept, norms, strict=True):
-            if norm <= self.config.activation_bound * median:
+        for (reply, payload), norm, reject in zip(kept, norms, outside, strict=True):
+            if not reject:
                 keep.append((reply, payload))
                 continue
             messenger.rejected += 1
             messenger.event(
                 "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
-                f"activations' median sample norm {norm:.4g} is {norm / median if median else float('inf'):.3g}x "
-                f"the round's median {median:.4g} (activation-bound={self.config.activation_bound})",
+                f"{what} {norm:.4g} is above {multiple} x the round's median {median:.4g}",
             )
         return keep
 
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
-        kept = self.bounded(kept, messenger)
+        norms = [per_sample_norm(a) for _, (a, _, _) in kept]
+        kept = self.bounded(
+            kept, norms, self.config.activation_bound, "activations' median sample norm (activation-bound)", messenger
+        )
         activations = torch.cat([a for _, (a, _, _) in kept])
         labels = torch.cat([y for _, (_, y, _) in kept])
         gradient, loss = self.trainer.train_top(activations, labels)
@@ -99,9 +98,10 @@ class ActivationsExchange(Exchange):
             acks, lambda ack: self._acknowledgement(ack, reference), "gradient acknowledgement", required=False,
         )
         if acked:
-            layers = self.bound_layers(acked, reference, messenger)
+            norms = [update_norm(layers, reference) for _, (_, layers) in acked]
+            acked = self.bounded(acked, norms, self.config.update_bound, "client layers' update norm (update-bound)", messenger)
             self.trainer.client_part.load_state_dict(
-                mean_state([(state, int(m["num-examples"])) for (_, (m, _)), state in zip(acked, layers, strict=True)])
+                mean_state([(layers, int(m["num-examples"])) for _, (m, layers) in acked])
             )
         ack_metrics = [(ack.metadata.src_node_id, m) for ack, (m, _) in acked]
         applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
@@ -110,27 +110,6 @@ class ActivationsExchange(Exchange):
             **row, "train-loss": loss, "skipped-steps": self.trainer.skipped_steps,
             "gradients-applied": applied, **privacy_metrics(ack_metrics),
         }
-
-    def bound_layers(
-        self, acked: list, reference: dict[str, torch.Tensor], messenger: Messenger
-    ) -> list[dict[str, torch.Tensor]]:
-        """Each node's client layers, their update scaled to at most ``update-clip`` x the
-        round's median update norm (as in ``weights``)."""
-        layers = [state for _, (_, state) in acked]
-        norms = [update_norm(state, reference) for state in layers]
-        median = lower_median(norms)
-        bound = self.config.update_clip * median
-        out = []
-        for (ack, _), state, norm in zip(acked, layers, norms, strict=True):
-            if self.config.update_clip and norm > bound:
-                state = clip_update(state, reference, norm, bound)
-                messenger.event(
-                    "clipped", ack.metadata.src_node_id, ack.metadata.message_type,
-                    f"client layers' update norm {norm:.4g} is above {self.config.update_clip} x the round's "
-                    f"median {median:.4g}; scaled to {bound:.4g}",
-                )
-            out.append(state)
-        return out
 
     def _acknowledgement(
         self, ack: Message, reference: dict[str, torch.Tensor]

@@ -15,7 +15,7 @@ from common.payloads import PayloadError, check_weights
 from common.run_config import STRATEGIES, RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, RoundFailed, reply_arrays
-from server.robustness import clip_update, fair_counts, lower_median, update_norm
+from server.robustness import above_bound, fair_counts, update_norm
 from server.trainer import ServerTrainer
 
 
@@ -75,7 +75,7 @@ class WeightsExchange(Exchange):
         return metrics
 
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
-        bounds = self.bound_replies(kept, messenger)
+        kept, bounds = self.bound_replies(kept, messenger)
         arrays, _ = self.strategy.aggregate_train(server_round, [reply for reply, _ in kept])
         if arrays is None:
             raise RoundFailed("the strategy returned no aggregate")
@@ -86,27 +86,26 @@ class WeightsExchange(Exchange):
             **privacy_metrics([(r.metadata.src_node_id, m) for r, m in kept]),
         }
 
-    def bound_replies(self, kept: Kept, messenger: Messenger) -> dict[str, Any]:
-        """Scale every update longer than ``update-clip`` x the round's median update norm
-        down to that norm, and count every ``num-examples`` above ``examples-share`` x the
-        round's median as that much (``server.robustness``), in the replies themselves, so
-        whichever strategy aggregates sees only bounded replies. Each change is an event."""
+    def bound_replies(self, kept: Kept, messenger: Messenger) -> tuple[Kept, dict[str, Any]]:
+        """Reject every update longer than ``update-bound`` x the round's median update norm,
+        and count every ``num-examples`` above ``examples-share`` x the round's median as
+        that much, in the reply itself, so whichever strategy aggregates sees only bounded
+        replies (``server.robustness``). Each is an event with its reason."""
         norms = [update_norm(reply_arrays(reply), self.reference) for reply, _ in kept]
-        median = lower_median(norms)
-        bound = self.config.update_clip * median
-        clipped = 0
-        for (reply, _), norm in zip(kept, norms, strict=True):
-            if self.config.update_clip and norm > bound:
-                state = clip_update(reply_arrays(reply), self.reference, norm, bound)
-                reply.content["arrays"] = ArrayRecord(state)
-                clipped += 1
-                messenger.event(
-                    "clipped", reply.metadata.src_node_id, reply.metadata.message_type,
-                    f"update norm {norm:.4g} is {norm / median if median else float('inf'):.3g}x the round's "
-                    f"median {median:.4g}; scaled to {bound:.4g} (update-clip={self.config.update_clip})",
-                )
-        claimed = [int(m["num-examples"]) for _, m in kept]
-        for (reply, metrics), before, after in zip(kept, claimed, fair_counts(claimed, self.config.examples_share)):
+        median, outside = above_bound(norms, self.config.update_bound)
+        bounded = []
+        for (reply, metrics), norm, reject in zip(kept, norms, outside, strict=True):
+            if not reject:
+                bounded.append((reply, metrics))
+                continue
+            messenger.rejected += 1
+            messenger.event(
+                "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
+                f"update norm {norm:.4g} is above update-bound={self.config.update_bound} x the round's "
+                f"median {median:.4g}",
+            )
+        claimed = [int(m["num-examples"]) for _, m in bounded]
+        for (reply, metrics), before, after in zip(bounded, claimed, fair_counts(claimed, self.config.examples_share)):
             if after < before:
                 metrics["num-examples"] = after
                 reply.content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), "num-examples": after})
@@ -115,4 +114,5 @@ class WeightsExchange(Exchange):
                     f"num-examples={before} counted as {after} (examples-share={self.config.examples_share} x "
                     "the round's median)",
                 )
-        return {"update-norm-median": median, "update-norm-max": max(norms), "updates-clipped": clipped}
+        row = {"update-norm-median": median, "update-norm-max": max(norms), "updates-rejected": sum(outside)}
+        return bounded, row
