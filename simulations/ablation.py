@@ -100,6 +100,7 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
     return {
         "study": args.study,
         "dataset": args.dataset,
+        "data_dir": args.data_dir,
         "model": model_name,
         "recipe": recipe,
         "seed": seed,
