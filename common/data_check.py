@@ -5,8 +5,9 @@ the report gives the classes and their counts, the files that could not be decod
 sheet of a few images per class as the model sees them (and obfuscated, under
 VisualMixer), and the test accuracy of the run's default model trained centrally for
 ``seconds`` (45 by default) on a small split, against chance (the most frequent test
-class). A run whose check stays at chance will not learn either: change the data or the
-recipe first.
+class), with its training loss against the loss of guessing, ln(classes). A model whose
+training loss does not leave ln(classes) will not learn in a run either: change the data
+or the recipe first.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import torch
 from .data import ImageSet, read_folder
 from .models import build_model
 from .run_config import RunConfig, parse_run_config
-from .training import evaluate, make_optimizer, obfuscate_once, train_steps
+from .training import evaluate, make_optimizer, mean_loss, obfuscate_once, train_steps
 
 STEPS_PER_CHECK = 10  # optimizer steps between two looks at the clock
 SHEET_PER_CLASS = 8
+LOSS_WINDOW = 20  # steps whose mean training loss is compared with ln(classes)
+LOSS_DROP = 0.02  # a drop below ln(classes) by this fraction counts as learning
 
 
 @dataclass
@@ -44,6 +47,7 @@ class CheckReport:
     test_images: int = 0
     accuracy: float = math.nan
     chance: float = math.nan
+    train_loss: float = math.nan  # mean of the last LOSS_WINDOW steps
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -53,7 +57,22 @@ class CheckReport:
 
     @property
     def learns(self) -> bool:
+        """Test accuracy above chance by more than :attr:`margin`."""
         return self.accuracy > self.chance + self.margin
+
+    @property
+    def loss_falls(self) -> bool:
+        """The training loss has left the loss of guessing, ln(classes), by ``LOSS_DROP``:
+        the model learns, even when too few steps fit in the time to show it on test images."""
+        return self.train_loss < (1 - LOSS_DROP) * math.log(len(self.classes))
+
+    @property
+    def verdict(self) -> str:
+        if self.learns:
+            return "learns"
+        if self.loss_falls:
+            return "learning: the training loss falls, test accuracy not yet above chance (try --seconds 180)"
+        return "NOT learning: the training loss stays at ln(classes); a run with these settings is unlikely to learn"
 
     def lines(self) -> list[str]:
         out = [f"{self.root}: {len(self.classes)} classes at image-size {self.image_size}, defense {self.defense}"]
@@ -71,11 +90,11 @@ class CheckReport:
         if self.sheet:
             out.append(f"  images as the model sees them: {self.sheet}")
         if self.steps:
-            verdict = "learns" if self.learns else "NOT above chance: a run with these settings is unlikely to learn"
             out.append(
                 f"  {self.model}, {self.steps} steps in {self.train_seconds:.0f} s on {self.train_images} images: "
+                f"train loss {self.train_loss:.3f} (ln {len(self.classes)} = {math.log(len(self.classes)):.3f}), "
                 f"accuracy {self.accuracy:.3f} on {self.test_images} test images, chance {self.chance:.3f} "
-                f"({self.accuracy / self.chance:.1f}x): {verdict}"
+                f"({self.accuracy / self.chance:.1f}x): {self.verdict}"
             )
         return out
 
@@ -86,7 +105,9 @@ class CheckReport:
             "unreadable": {k: list(v) for k, v in self.unreadable.items()}, "sheet": self.sheet,
             "steps": self.steps, "train-seconds": round(self.train_seconds, 1), "train-images": self.train_images,
             "test-images": self.test_images, "accuracy": self.accuracy, "chance": self.chance,
-            "learns": self.learns if self.steps else None, "notes": self.notes,
+            "train-loss": self.train_loss, "learns": self.learns if self.steps else None,
+            "loss-falls": self.loss_falls if self.steps else None, "verdict": self.verdict if self.steps else None,
+            "notes": self.notes,
         }
 
 
@@ -172,9 +193,13 @@ def _train_and_score(
     mixer = config.visualmixer() if config.uses_visualmixer else None  # a fresh shuffle per batch
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
+    losses: list[float] = []
     while time.perf_counter() - start < seconds and (max_steps is None or report.steps < max_steps):
-        train_steps(model, train.images, train.labels, optimizer, STEPS_PER_CHECK, config.batch_size, mixer, generator=generator)
+        losses += train_steps(
+            model, train.images, train.labels, optimizer, STEPS_PER_CHECK, config.batch_size, mixer, generator=generator
+        )
         report.steps += STEPS_PER_CHECK
+    report.train_loss = mean_loss(losses[-LOSS_WINDOW:])[0]
     report.train_seconds = time.perf_counter() - start
     # Scored as a run scores: on test images obfuscated once, under VisualMixer.
     images = obfuscate_once(test.images, config.visualmixer, config.seed + 1) if mixer is not None else test.images

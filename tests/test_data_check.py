@@ -42,10 +42,25 @@ def test_a_learnable_folder_scores_above_chance(folder):
     assert "learns" in report.lines()[-1] and "chance" in report.lines()[-1]
 
 
+def test_a_folder_nothing_can_be_learned_from_is_named(tmp_path, capsys):
+    """Every image the same grey, labels spread over 4 classes: the training loss stays at
+    ln(4), and the command says so and exits 1."""
+    root = tmp_path / "grey"
+    for split, count in (("train", 80), ("test", 40)):
+        for i in range(count):
+            folder = root / split / f"class{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (120, 120, 120)).save(folder / f"{i}.png")
+    data.read_folder.cache_clear()
+    code = main(["check", str(root), "--seconds", "300", "--steps", "60", "--defense", "none", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1 and "NOT learning" in out and "ln 4 = 1.386" in out
+
+
 def test_the_command_prints_json_and_names_a_missing_folder(folder, tmp_path, capsys):
     code = main(["check", str(folder), "--seconds", "1", "--defense", "none", "--out", str(tmp_path / "out"), "--json"])
     body = json.loads(capsys.readouterr().out)
-    assert code in (0, 1) and code == (0 if body["learns"] else 1)
+    assert code in (0, 1) and code == (0 if body["learns"] or body["loss-falls"] else 1)
     assert body["counts"]["test"]["class3"] > 0 and 0 <= body["accuracy"] <= 1 and body["steps"] > 0
     assert (tmp_path / "out" / "photos-sheet.png").is_file()
     assert main(["check", str(tmp_path / "nowhere"), "--seconds", "0"]) == 2
