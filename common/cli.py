@@ -140,7 +140,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
-    return 0 if report.steps == 0 or report.learns or report.loss_falls else 1
+    return {"not-learning": 1, "undecided": 3}.get(report.outcome, 0) if report.steps else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,8 @@ STEPS_PER_CHECK = 10  # optimizer steps between two looks at the clock
 SHEET_PER_CLASS = 8
 LOSS_WINDOW = 20  # steps whose mean training loss is compared with ln(classes)
 LOSS_DROP = 0.02  # a drop below ln(classes) by this fraction counts as learning
+DECISIVE_STEPS = 300  # steps after which a loss still at ln(classes) means "not learning"
+EVALUATE_EVERY = 50  # steps between looks at the test images (training stops once above chance)
 
 
 @dataclass
@@ -67,12 +69,25 @@ class CheckReport:
         return self.train_loss < (1 - LOSS_DROP) * math.log(len(self.classes))
 
     @property
-    def verdict(self) -> str:
+    def outcome(self) -> str:
+        """``learns``, ``learning`` (the loss falls), ``undecided`` (too few steps to tell)
+        or ``not-learning`` (the loss stayed at ln(classes) for :data:`DECISIVE_STEPS`)."""
         if self.learns:
             return "learns"
         if self.loss_falls:
-            return "learning: the training loss falls, test accuracy not yet above chance (try --seconds 180)"
-        return "NOT learning: the training loss stays at ln(classes); a run with these settings is unlikely to learn"
+            return "learning"
+        return "undecided" if self.steps < DECISIVE_STEPS else "not-learning"
+
+    @property
+    def verdict(self) -> str:
+        return {
+            "learns": "learns",
+            "learning": "learning: the training loss falls, test accuracy not yet above chance",
+            "undecided": f"undecided: the loss has not left ln(classes) in {self.steps} steps; give it "
+                         f"{DECISIVE_STEPS} (--seconds)",
+            "not-learning": "NOT learning: the training loss stays at ln(classes); a run with these settings "
+                            "is unlikely to learn",
+        }[self.outcome]
 
     def lines(self) -> list[str]:
         out = [f"{self.root}: {len(self.classes)} classes at image-size {self.image_size}, defense {self.defense}"]
@@ -105,8 +120,8 @@ class CheckReport:
             "unreadable": {k: list(v) for k, v in self.unreadable.items()}, "sheet": self.sheet,
             "steps": self.steps, "train-seconds": round(self.train_seconds, 1), "train-images": self.train_images,
             "test-images": self.test_images, "accuracy": self.accuracy, "chance": self.chance,
-            "train-loss": self.train_loss, "learns": self.learns if self.steps else None,
-            "loss-falls": self.loss_falls if self.steps else None, "verdict": self.verdict if self.steps else None,
+            "train-loss": self.train_loss, "outcome": self.outcome if self.steps else None,
+            "verdict": self.verdict if self.steps else None,
             "notes": self.notes,
         }
 
@@ -192,6 +207,10 @@ def _train_and_score(
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
     mixer = config.visualmixer() if config.uses_visualmixer else None  # a fresh shuffle per batch
     generator = torch.Generator().manual_seed(config.seed)
+    # Scored as a run scores: on test images obfuscated once, under VisualMixer.
+    images = obfuscate_once(test.images, config.visualmixer, config.seed + 1) if mixer is not None else test.images
+    report.train_images, report.test_images = len(train), len(test)
+    report.chance = float(torch.bincount(test.labels, minlength=test.num_classes).max()) / len(test)
     start = time.perf_counter()
     losses: list[float] = []
     while time.perf_counter() - start < seconds and (max_steps is None or report.steps < max_steps):
@@ -199,10 +218,10 @@ def _train_and_score(
             model, train.images, train.labels, optimizer, STEPS_PER_CHECK, config.batch_size, mixer, generator=generator
         )
         report.steps += STEPS_PER_CHECK
+        if report.steps % EVALUATE_EVERY == 0:
+            report.accuracy, _ = evaluate(model, images, test.labels)
+            if report.learns:
+                break  # answered: no need to spend the rest of the time
     report.train_loss = mean_loss(losses[-LOSS_WINDOW:])[0]
     report.train_seconds = time.perf_counter() - start
-    # Scored as a run scores: on test images obfuscated once, under VisualMixer.
-    images = obfuscate_once(test.images, config.visualmixer, config.seed + 1) if mixer is not None else test.images
     report.accuracy, _ = evaluate(model, images, test.labels)
-    report.train_images, report.test_images = len(train), len(test)
-    report.chance = float(torch.bincount(test.labels, minlength=test.num_classes).max()) / len(test)
