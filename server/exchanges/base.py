@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, Message, MessageType
 from common.payloads import PayloadError, check_metrics, expected_metrics
 from common.run_config import RunConfig
 from server.messaging import Messenger, RoundFailed, check_records, log, reply_metrics
-from server.robustness import fair_counts
+from server.robustness import above_bound, fair_counts
 from server.trainer import ServerTrainer
 
 Kept = list[tuple[Message, Any]]  # (reply, what validate() returned) per accepted reply
@@ -43,6 +43,22 @@ class Exchange(ABC):
         check_records(reply, arrays)
         expected = expected_metrics(message_type, self.config.uses_visualmixer, self.config.uses_dp)
         return check_metrics(reply_metrics(reply), expected)
+
+    def reject_above(self, kept: list, norms: list[float], multiple: float, what: str, messenger: Messenger) -> list:
+        """The entries of ``kept`` (reply, payload) whose norm is at most ``multiple`` x the
+        round's median (``server.robustness``); the others are rejected, each with an event."""
+        median, outside = above_bound(norms, multiple)
+        keep = []
+        for (reply, payload), norm, reject in zip(kept, norms, outside, strict=True):
+            if not reject:
+                keep.append((reply, payload))
+                continue
+            messenger.rejected += 1
+            messenger.event(
+                "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
+                f"{what} {norm:.4g} is above {multiple} x the round's median {median:.4g}",
+            )
+        return keep
 
     def train_round(self, server_round: int, messenger: Messenger) -> dict[str, Any]:
         replies = messenger.send_and_collect(self.configure(server_round, messenger))

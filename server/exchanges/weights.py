@@ -15,7 +15,7 @@ from common.payloads import PayloadError, check_weights
 from common.run_config import STRATEGIES, RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
 from server.messaging import Messenger, RoundFailed, reply_arrays
-from server.robustness import above_bound, fair_counts, update_norm
+from server.robustness import fair_counts, lower_median, update_norm
 from server.trainer import ServerTrainer
 
 
@@ -92,18 +92,7 @@ class WeightsExchange(Exchange):
         that much, in the reply itself, so whichever strategy aggregates sees only bounded
         replies (``server.robustness``). Each is an event with its reason."""
         norms = [update_norm(reply_arrays(reply), self.reference) for reply, _ in kept]
-        median, outside = above_bound(norms, self.config.update_bound)
-        bounded = []
-        for (reply, metrics), norm, reject in zip(kept, norms, outside, strict=True):
-            if not reject:
-                bounded.append((reply, metrics))
-                continue
-            messenger.rejected += 1
-            messenger.event(
-                "rejected", reply.metadata.src_node_id, reply.metadata.message_type,
-                f"update norm {norm:.4g} is above update-bound={self.config.update_bound} x the round's "
-                f"median {median:.4g}",
-            )
+        bounded = self.reject_above(kept, norms, self.config.update_bound, "update norm (update-bound)", messenger)
         claimed = [int(m["num-examples"]) for _, m in bounded]
         for (reply, metrics), before, after in zip(bounded, claimed, fair_counts(claimed, self.config.examples_share)):
             if after < before:
@@ -114,5 +103,6 @@ class WeightsExchange(Exchange):
                     f"num-examples={before} counted as {after} (examples-share={self.config.examples_share} x "
                     "the round's median)",
                 )
-        row = {"update-norm-median": median, "update-norm-max": max(norms), "updates-rejected": sum(outside)}
+        row = {"update-norm-median": lower_median(norms), "update-norm-max": max(norms),
+               "updates-rejected": len(kept) - len(bounded)}
         return bounded, row
