@@ -43,9 +43,10 @@ def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch
 
 def above_bound(values: Sequence[float], multiple: float) -> tuple[float, list[bool]]:
     """(the lower median of ``values``, which of them exceed ``multiple`` x it); ``multiple``
-    0 flags none."""
+    0 flags none, and so does a median of 0 (nodes that sent the model back unchanged are
+    no yardstick for the others)."""
     median = lower_median(values)
-    return median, [bool(multiple) and value > multiple * median for value in values]
+    return median, [bool(multiple) and median > 0 and value > multiple * median for value in values]
 
 
 def per_sample_norm(activations: torch.Tensor) -> float:

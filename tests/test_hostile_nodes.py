@@ -34,6 +34,7 @@ def test_the_bounds_arithmetic():
     assert update_norm(state, reference) == pytest.approx(5.0)
     assert above_bound([1.0, 1.1, 3.4], 3.0) == (1.1, [False, False, True])
     assert above_bound([1.0, 1000.0], 3.0) == (1.0, [False, True]) and above_bound([1.0, 9.0], 0) == (1.0, [False, False])
+    assert above_bound([0.0, 2.0], 3.0) == (0.0, [False, False])  # an unchanged model is no yardstick
     assert fair_counts([2250, 2250, 10_000], 2.0) == [2250, 2250, 4500]
     assert fair_counts([2250, 10_000], 2.0) == [2250, 4500] and fair_counts([5, 9], 0) == [5, 9]
 
