@@ -29,7 +29,7 @@ run: $(STAMP)
 # The operator console over outputs/ and the local SuperLink of `make run`:
 # open http://127.0.0.1:8050/ (Ctrl-C stops it; the runs go on).
 console: $(STAMP)
-	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m common.cli console --runs-dir "$(CURDIR)/outputs" --superlink local
+	FLWR_HOME="$(CURDIR)/.flwr" $(PY) -m server.console.cli --runs-dir "$(CURDIR)/outputs" --superlink local
 
 demo: $(STAMP)
 	$(PY) -m simulations.demo --out outputs/demo

@@ -13,8 +13,8 @@ Under DP-SGD each node's privacy ledger (every step's noise multiplier and sampl
 kept in ``context.state`` and restored every round, so the reported epsilon is the node's
 total so far, not one round's.
 
-Originals never leave this process: everything uploaded is computed from
-``VisualMixer(images)`` when ``defense = "visualmixer"``. In split learning the client
+Originals never leave this process: under an image defense (``common.defenses``, e.g.
+VisualMixer) everything uploaded is computed from the transformed images. In split learning the client
 layers and their optimizer state live in ``context.state`` across rounds, and so does the
 obfuscated batch of the current round; the forward pass is recomputed from it when the
 gradient arrives (ClientApp processes are ephemeral), following Flower's vertical-fl
@@ -28,18 +28,18 @@ the first round pays for obfuscating them.
 from __future__ import annotations
 
 import io
-
-import torch
 import logging
 from collections.abc import Callable
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from client.node import EvaluationSet, Node, obfuscation_cost
+from client.node import EvaluationSet, Node, transform_cost
 from common.data import DataError
 from common.dp import PrivacyLedger
+from common.protocol import APPLY_GRADIENTS, GRADIENTS, QUERY_ACTIVATIONS, QUERY_IMAGES
 
 log = logging.getLogger("flwr")
 
@@ -73,7 +73,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.query("images")
+@app.query(QUERY_IMAGES.action)
 def upload_images(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     images, labels, metrics = node.obfuscated_upload(int(msg.content["config"]["server-round"]))
@@ -81,7 +81,7 @@ def upload_images(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.query("activations")
+@app.query(QUERY_ACTIVATIONS.action)
 def upload_activations(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     client_part, optimizer = _restore(context, msg.content["arrays"], node)
@@ -94,11 +94,11 @@ def upload_activations(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.train("apply_gradients")
+@app.train(APPLY_GRADIENTS.action)
 def apply_gradients(msg: Message, context: Context) -> Message:
     node = Node.from_context(context)
     client_part, optimizer = _restore(context, None, node)
-    gradient = msg.content["arrays"].to_torch_state_dict()["gradients"]
+    gradient = msg.content["arrays"].to_torch_state_dict()[GRADIENTS]
     server_round = int(msg.content["config"]["server-round"])
     ledger = _ledger(context)
     metrics = node.client_backward(
@@ -125,14 +125,14 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _evaluation_set(context: Context, node: Node) -> EvaluationSet:
-    """The node's obfuscated held-out copy, made in its first evaluation and kept in
+    """The node's transformed held-out copy, made in its first evaluation and kept in
     ``context.state`` when it is at most ``EVAL_CACHE_BYTES`` (a larger one is made again
     each round: same seed, same copy, so only the time differs)."""
     record = context.state.get(EVAL_SET)
-    if record is not None:  # kept only under VisualMixer: this round obfuscated nothing
-        return (*_images_of(record), obfuscation_cost([]))
+    if record is not None:  # kept only under an image defense: this round transformed nothing
+        return (*_images_of(record), transform_cost(node.defense, node.config, []))
     images, labels, cost = node.evaluation_set()
-    if node.config.uses_visualmixer and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
+    if node.defense.transforms_images and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
         context.state[EVAL_SET] = _images_record(images, labels)
     return images, labels, cost
 

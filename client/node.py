@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from common.data import ImageSet, client_partition
-from common.dp import PrivacyLedger, PrivateTraining, noise_multiplier_for, poisson_batches
+from common.defenses import Defense, ImageTransform
+from common.dp import PrivacyLedger, poisson_batches
 from common.models import build_model, split_model
 from common.run_config import RunConfig, parse_run_config
 from common.training import (
     EVALUATION_ROUND,
-    RecordingMixer,
     evaluate,
     make_optimizer,
     mean_loss,
@@ -29,22 +29,25 @@ from common.training import (
     train_steps,
 )
 
-
 log = logging.getLogger("flwr")
 _WARNED: set[str] = set()  # data-dir values already warned about in this process
 
-# (images, labels, what obfuscating them cost: obfuscation_cost's metrics) of a node's
+# (images, labels, what transforming them cost: transform_cost's metrics) of a node's
 # evaluation set
 EvaluationSet = tuple[torch.Tensor, torch.Tensor, dict[str, float]]
 
 
-def obfuscation_cost(mixers: list[RecordingMixer]) -> dict[str, float]:
-    """What the client reports of VisualMixer's cost: seconds spent in it and retries
-    (attempts after each call's first, see ``Obfuscation.attempts``)."""
-    return {
-        "obfuscation-seconds": sum(m.seconds for m in mixers),
-        "obfuscation-retries": sum(m.retries for m in mixers),
-    }
+def transform_cost(defense: Defense, config: RunConfig, transforms: list[ImageTransform]) -> dict[str, float]:
+    """What the client reports of its image transform's cost on an evaluation set, summed
+    over ``transforms`` (zeros when none ran); nothing when the defense has no transform."""
+    fresh = defense.image_transform(config, 0)
+    if fresh is None:
+        return {}
+    totals = dict.fromkeys(fresh.cost_metrics(), 0)
+    for transform in transforms:
+        for key, value in transform.cost_metrics().items():
+            totals[key] += value
+    return totals
 
 
 @dataclass
@@ -79,10 +82,13 @@ class Node:
         return cls(config, partition_id, train_set, held_out, device)
 
     # -- helpers -----------------------------------------------------------------------
-    def mixer(self, seed: int | None = None) -> RecordingMixer | None:
-        if not self.config.uses_visualmixer:
-            return None
-        return RecordingMixer(self.config.visualmixer(seed))
+    @property
+    def defense(self) -> Defense:
+        return self.config.active_defense
+
+    def transform(self, seed: int | None = None) -> ImageTransform | None:
+        """The defense's image transform (None: images are used as they are)."""
+        return self.defense.image_transform(self.config, seed)
 
     def model(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Sequential:
         model = build_model(
@@ -96,93 +102,67 @@ class Node:
     def _batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This round's upload sample: indices drawn from a per-(round, node) seed.
 
-        Under DP-SGD the sample is Poisson (each image kept with probability
-        q = upload-samples / N), as the accounting assumes.
+        Under a defense that trains privately the sample is Poisson (each image kept with
+        probability q = upload-samples / N), as DP accounting assumes.
         """
         seed = round_seed(self.config.seed, server_round, self.partition_id)
         generator = torch.Generator().manual_seed(seed)
-        if self.config.uses_dp:
+        if self.defense.trains_privately:
             index = next(poisson_batches(len(self.train_set), self.split_sample_rate, 1, generator))
         else:
             count = self.config.upload_samples or len(self.train_set)
             index = torch.randperm(len(self.train_set), generator=generator)[:count]
         return self.train_set.images[index], self.train_set.labels[index], seed
 
-    # -- DP-SGD --------------------------------------------------------------------------
     @property
     def split_sample_rate(self) -> float:
         return min(1.0, (self.config.upload_samples or len(self.train_set)) / len(self.train_set))
 
-    def dp_sigma(self, sample_rate: float, steps_per_round: int) -> float:
-        """The configured noise multiplier, or the one that makes the planned rounds spend
-        exactly the budget (chosen up front for the whole run)."""
-        if self.config.noise_multiplier > 0:
-            return self.config.noise_multiplier
-        total = self.config.num_server_rounds * steps_per_round
-        return noise_multiplier_for(self.config.target_epsilon, self.config.delta, sample_rate, total)
-
-    def budget_spent(self, ledger: PrivacyLedger, sigma: float, sample_rate: float, steps: int) -> dict | None:
-        """``None`` when ``steps`` more steps fit the budget, else the metrics that say why not."""
-        if ledger.after(sigma, sample_rate, steps).epsilon(self.config.delta) <= self.config.target_epsilon:
-            return None
-        return {"dp-budget-spent": 1, **self.dp_metrics(ledger, sigma)}
-
-    def dp_metrics(self, ledger: PrivacyLedger, sigma: float) -> dict:
-        return {
-            "epsilon": ledger.epsilon(self.config.delta),
-            "dp-steps": ledger.steps,
-            "noise-multiplier": sigma,
-        }
-
     @staticmethod
-    def _obfuscation_metrics(mixer: RecordingMixer | None) -> dict[str, float]:
-        """What a reply says of its obfuscation: mean VFE sent, seconds and retries."""
-        if mixer is None:
-            return {}
-        return {"vfe": mixer.mean_vfe, **obfuscation_cost([mixer])}
+    def _transform_metrics(transform: ImageTransform | None) -> dict[str, float]:
+        """What a reply says of its transform (for VisualMixer: mean VFE sent, seconds, retries)."""
+        return {} if transform is None else transform.reply_metrics()
 
     # -- exchange = weights --------------------------------------------------------------
     def train_weights(
         self, state: dict[str, torch.Tensor], ledger: PrivacyLedger | None = None
     ) -> tuple[dict[str, torch.Tensor], dict]:
-        """Local training from the global ``state``; DP-SGD (recorded in ``ledger``) when
-        the defense includes it."""
+        """Local training from the global ``state``, wrapped by the defense's private
+        training (recorded in ``ledger``) when it has one."""
         model = self.model(state)
         optimizer = make_optimizer(self.config.optimizer, model.parameters(), self.config.learning_rate)
-        mixer = self.mixer()
+        transform = self.transform()
         images, labels = self.train_set.images, self.train_set.labels
         steps = self.config.local_steps
+        q = min(1.0, self.config.batch_size / len(labels))
+        private = self.defense.private_training(
+            self.config, model, optimizer, sample_rate=q, steps=steps,
+            expected_batch_size=self.config.batch_size, ledger=ledger if ledger is not None else PrivacyLedger(),
+        )
         extra: dict = {}
-        if self.config.uses_dp:
-            ledger = ledger if ledger is not None else PrivacyLedger()
-            q = min(1.0, self.config.batch_size / len(labels))
-            sigma = self.dp_sigma(q, steps)
-            if (spent := self.budget_spent(ledger, sigma, q, steps)) is not None:
-                return {k: v.cpu() for k, v in state.items()}, {"num-examples": len(labels), **spent}
-            private = PrivateTraining(
-                model, optimizer, sigma=sigma, max_grad_norm=self.config.max_grad_norm,
-                expected_batch_size=self.config.batch_size, sample_rate=q, ledger=ledger,
-            )
+        if private is not None and private.stopped is not None:
+            return {k: v.cpu() for k, v in state.items()}, {"num-examples": len(labels), **private.stopped}
+        if private is not None:
             batches = poisson_batches(len(labels), q, steps)
-            losses = train_on_batches(private.module, images, labels, private.optimizer, batches, mixer, self.device)
+            losses = train_on_batches(private.module, images, labels, private.optimizer, batches, transform, self.device)
             new_state = private.state_dict()
-            extra = self.dp_metrics(ledger, sigma)
+            extra = private.metrics()
         else:
-            losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, mixer, self.device)
+            losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, transform, self.device)
             new_state = {k: v.cpu() for k, v in model.state_dict().items()}
         loss, skipped = mean_loss(losses)
         if skipped:
             log.warning("Skipped %d of %d local steps: non-finite loss or gradient", skipped, len(losses))
         metrics = {"num-examples": len(labels), "train-loss": loss}
-        return new_state, {**metrics, **self._obfuscation_metrics(mixer), **extra}
+        return new_state, {**metrics, **self._transform_metrics(transform), **extra}
 
     # -- exchange = images ---------------------------------------------------------------
     def obfuscated_upload(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         images, labels, _ = self._batch(server_round)
-        mixer = self.mixer()
-        if mixer is not None:
-            images = mixer(images.to(self.device)).cpu()
-        return images, labels, {"num-examples": len(labels), **self._obfuscation_metrics(mixer)}
+        transform = self.transform()
+        if transform is not None:
+            images = transform(images.to(self.device)).cpu()
+        return images, labels, {"num-examples": len(labels), **self._transform_metrics(transform)}
 
     # -- exchange = activations (split learning) -----------------------------------------
     def client_layers(self, weights: dict[str, torch.Tensor]):
@@ -191,50 +171,46 @@ class Node:
         optimizer = make_optimizer(self.config.optimizer, client_part.parameters(), self.config.learning_rate)
         return client_part, optimizer
 
-    def split_batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, RecordingMixer | None]:
-        """This round's images as the client layers see them (obfuscated, still uint8), on
+    def split_batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, ImageTransform | None]:
+        """This round's images as the client layers see them (transformed, still uint8), on
         the device, with their labels; seeded, so a recompute gives the very same shuffle."""
         images, labels, seed = self._batch(server_round)
-        mixer = self.mixer(seed)
+        transform = self.transform(seed)
         images = images.to(self.device)
-        if mixer is not None:
-            images = mixer(images)
-        return images, labels, mixer
+        if transform is not None:
+            images = transform(images)
+        return images, labels, transform
 
     def client_forward(self, client_part: torch.nn.Module, server_round: int):
         """Activations of the client layers; also returns the obfuscated batch, which the
         caller keeps for the backward pass instead of obfuscating it again."""
-        images, labels, mixer = self.split_batch(server_round)
+        images, labels, transform = self.split_batch(server_round)
         client_part.train()
         with torch.no_grad():
             activations = client_part(to_model_input(images)).float().cpu()
-        metrics = {"num-examples": len(labels), **self._obfuscation_metrics(mixer)}
+        metrics = {"num-examples": len(labels), **self._transform_metrics(transform)}
         return activations, labels, metrics, images.cpu()
 
     def client_backward(
         self, client_part, optimizer, server_round: int, gradient: torch.Tensor,
         ledger: PrivacyLedger | None = None, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
-        """Apply the server's gradient at the cut to the client layers (one DP-SGD step,
-        recorded in ``ledger``, when the defense includes it). ``batch`` is the obfuscated
-        batch the forward pass used; without it the batch is drawn and obfuscated again."""
+        """Apply the server's gradient at the cut to the client layers: one step, wrapped by
+        the defense's private training (recorded in ``ledger``) when it has one. ``batch`` is
+        the transformed batch the forward pass used; without it the batch is drawn again."""
         if batch is None:
             images, labels, _ = self.split_batch(server_round)
         else:
             images, labels = batch
         x = to_model_input(images.to(self.device))
-        extra: dict = {}
-        if self.config.uses_dp:
-            ledger = ledger if ledger is not None else PrivacyLedger()
-            q = self.split_sample_rate
-            sigma = self.dp_sigma(q, 1)
-            if (spent := self.budget_spent(ledger, sigma, q, 1)) is not None:
-                return {"num-examples": len(labels), **spent}
-            expected = self.config.upload_samples or len(self.train_set)
-            private = PrivateTraining(
-                client_part, optimizer, sigma=sigma, max_grad_norm=self.config.max_grad_norm,
-                expected_batch_size=expected, sample_rate=q, ledger=ledger,
-            )
+        private = self.defense.private_training(
+            self.config, client_part, optimizer, sample_rate=self.split_sample_rate, steps=1,
+            expected_batch_size=self.config.upload_samples or len(self.train_set),
+            ledger=ledger if ledger is not None else PrivacyLedger(),
+        )
+        if private is not None and private.stopped is not None:
+            return {"num-examples": len(labels), **private.stopped}
+        if private is not None:
             client_part, optimizer = private.module, private.optimizer
         client_part.train()
         activations = client_part(x)
@@ -248,29 +224,27 @@ class Node:
         optimizer.zero_grad(set_to_none=True)
         activations.backward(gradient.to(self.device, activations.dtype))
         optimizer.step()
-        if self.config.uses_dp:
-            extra = self.dp_metrics(ledger, sigma)
-        return {"num-examples": len(labels), **extra}
+        return {"num-examples": len(labels), **(private.metrics() if private is not None else {})}
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluation_set(self) -> EvaluationSet:
-        """(images, labels, what obfuscating cost) of the held-out split as this node
-        evaluates it: with VisualMixer, obfuscated once per run from the round-0 seed, so
-        every round sees the same copy (the ClientApp keeps it in ``context.state``)."""
+        """(images, labels, what transforming cost) of the held-out split as this node
+        evaluates it: under an image defense, transformed once per run from the round-0 seed,
+        so every round sees the same copy (the ClientApp keeps it in ``context.state``)."""
         held = self.held_out
         if self.config.eval_samples:
             held = held.subset(torch.arange(min(len(held), self.config.eval_samples)))
-        if not self.config.uses_visualmixer:
+        if not self.defense.transforms_images:
             return held.images, held.labels, {}
-        mixers: list[RecordingMixer] = []
+        transforms: list[ImageTransform] = []
 
-        def mixer_for_seed(seed: int) -> RecordingMixer:
-            mixers.append(self.mixer(seed))
-            return mixers[-1]
+        def transform_for_seed(seed: int) -> ImageTransform:
+            transforms.append(self.transform(seed))
+            return transforms[-1]
 
         seed = round_seed(self.config.seed, EVALUATION_ROUND, self.partition_id)
-        images = obfuscate_once(held.images, mixer_for_seed, seed, self.device)
-        return images, held.labels, obfuscation_cost(mixers)
+        images = obfuscate_once(held.images, transform_for_seed, seed, self.device)
+        return images, held.labels, transform_cost(self.defense, self.config, transforms)
 
     def _evaluate(self, model: torch.nn.Module, held: EvaluationSet | None) -> dict:
         images, labels, cost = held if held is not None else self.evaluation_set()

@@ -43,18 +43,20 @@ def flip_and_shift(
 
 
 def augmenter(
-    kind: str, region_size: int, obfuscated: bool, generator: torch.Generator | None = None
+    kind: str, shift: tuple[int, int] | None, generator: torch.Generator | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The batch transform for ``kind`` (see :data:`AUGMENTATIONS`), or ``None``.
 
-    ``flip``: flips only. ``flip-shift``: flips and shifts of up to 4 px on clean images;
-    on ``obfuscated`` ones, of up to one region in whole regions, so it commutes.
+    ``flip``: flips only. ``flip-shift``: flips and shifts of up to ``shift`` = (largest,
+    step) pixels, what the run's defense says commutes with its transform
+    (``Defense.commuting_shift``: 4 px on clean images, whole regions under VisualMixer);
+    ``None`` there means no shift commutes, and the run config refuses ``flip-shift``.
     """
     if kind not in AUGMENTATIONS:
         raise ValueError(f"augmentation {kind!r} is not one of: {', '.join(AUGMENTATIONS)}")
     if kind == "none":
         return None
-    if kind == "flip":
+    if kind == "flip" or shift is None:
         return lambda x: flip_and_shift(x, max_shift=0, generator=generator)
-    shift, step = (region_size, region_size) if obfuscated else (CLEAN_MAX_SHIFT, 1)
-    return lambda x: flip_and_shift(x, max_shift=shift, generator=generator, step=step)
+    largest, step = shift
+    return lambda x: flip_and_shift(x, max_shift=largest, generator=generator, step=step)

@@ -1,9 +1,10 @@
-"""``visualmixer``: obfuscate image files, print their VFE, or serve the operator console.
+"""``visualmixer``: obfuscate image files, print their VFE, or check a folder of images.
 
     visualmixer obfuscate IMAGE... --out DIR [--target-vfe X] [--region-size N] [--seed S]
     visualmixer vfe IMAGE... [--region-size N]
     visualmixer check DIR [--image-size N] [--defense D] [--seconds S] [--out DIR] [--json]
-    visualmixer console [--runs-dir outputs] [--superlink NAME] [--host H] [--port P] | --text RUN_DIR
+
+The operator console is the server side's: ``visualmixer-console`` (:mod:`server.console.cli`).
 
 Any file PIL opens works. An unreadable file is reported on stderr and skipped; the exit
 status is 1 when any file failed, 0 otherwise.
@@ -177,20 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default="outputs/check", help="where the sheet of images goes")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(run=cmd_check)
-    console = sub.add_parser(
-        "console", help="the operator console: follow, compare and stop runs in a browser (or --text)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _console_cli().add_arguments(console)
-    console.set_defaults(run=lambda args: _console_cli().run(args))
     return parser
-
-
-def _console_cli():  # type: ignore[no-untyped-def]
-    # The console belongs to the server side; imported only when asked for.
-    from server.console import cli
-
-    return cli
 
 
 def main(argv: list[str] | None = None) -> int:

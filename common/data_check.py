@@ -144,7 +144,7 @@ def _pick(data: ImageSet, count: int, seed: int) -> ImageSet:
 
 def write_sheet(data: ImageSet, config: RunConfig, path: Path) -> Path:
     """A PNG with up to :data:`SHEET_PER_CLASS` images of each class per row, as the model
-    sees them; under VisualMixer each row is followed by the same images obfuscated."""
+    sees them; under an image defense each row is followed by the same images transformed."""
     from torchvision.utils import save_image
 
     rows = []
@@ -153,8 +153,8 @@ def write_sheet(data: ImageSet, config: RunConfig, path: Path) -> Path:
         row = torch.zeros(SHEET_PER_CLASS, *data.images.shape[1:], dtype=torch.uint8)
         row[: len(members)] = data.images[members]
         rows.append(row)
-        if config.uses_visualmixer:
-            mixed = obfuscate_once(row, config.visualmixer, config.seed)
+        if config.active_defense.transforms_images:
+            mixed = obfuscate_once(row, lambda s: config.active_defense.image_transform(config, s), config.seed)
             mixed[len(members):] = 0
             rows.append(mixed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +205,13 @@ def _train_and_score(
         config.model, train.images.shape[1], train.num_classes, config.image_size, config.region_size, config.input_norm
     )
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
-    mixer = config.visualmixer() if config.uses_visualmixer else None  # a fresh shuffle per batch
+    defense = config.active_defense
+    mixer = defense.image_transform(config)  # a fresh draw per batch; None: no transform
     generator = torch.Generator().manual_seed(config.seed)
-    # Scored as a run scores: on test images obfuscated once, under VisualMixer.
-    images = obfuscate_once(test.images, config.visualmixer, config.seed + 1) if mixer is not None else test.images
+    # Scored as a run scores: on test images transformed once.
+    images = test.images if mixer is None else obfuscate_once(
+        test.images, lambda s: defense.image_transform(config, s), config.seed + 1
+    )
     report.train_images, report.test_images = len(train), len(test)
     report.chance = float(torch.bincount(test.labels, minlength=test.num_classes).max()) / len(test)
     start = time.perf_counter()

@@ -104,56 +104,19 @@ def check_weights(
             check_magnitude(f"weights[{key!r}]", got, max_abs)
 
 
-# Every metric a reply may carry: (type, lowest, highest) of its value. A region's VFE is at
-# most 2 (a checkerboard of two values), so an image's mean is too.
-METRICS: dict[str, tuple[type, float, float | None]] = {
-    "num-examples": (int, 1, None),
-    "train-loss": (float, 0.0, None),
-    "vfe": (float, 0.0, 2.0),
-    "obfuscation-seconds": (float, 0.0, None),
-    "obfuscation-retries": (int, 0, None),
-    "epsilon": (float, 0.0, None),
-    "dp-steps": (int, 0, None),
-    "noise-multiplier": (float, 0.0, None),
-    "dp-budget-spent": (int, 0, 1),
-    "eval-accuracy": (float, 0.0, 1.0),
-    "eval-loss": (float, 0.0, None),
-}
-OBFUSCATION_METRICS = frozenset({"vfe", "obfuscation-seconds", "obfuscation-retries"})
-DP_METRICS = frozenset({"epsilon", "dp-steps", "noise-multiplier"})
-
-
-def expected_metrics(message_type: str, uses_visualmixer: bool, uses_dp: bool) -> frozenset[str]:
-    """The exact metric keys a well-formed reply to ``message_type`` carries in this run
-    (a reply saying its DP budget is spent carries ``dp-budget-spent`` and the DP keys)."""
-    mixer = OBFUSCATION_METRICS if uses_visualmixer else frozenset()
-    dp = DP_METRICS if uses_dp else frozenset()
-    keys = {
-        "train": {"num-examples", "train-loss"} | mixer | dp,
-        "query.images": {"num-examples"} | mixer,
-        "query.activations": {"num-examples"} | mixer,
-        "train.apply_gradients": {"num-examples"} | dp,
-        "evaluate": {"num-examples", "eval-accuracy", "eval-loss"}
-        | ({"obfuscation-seconds", "obfuscation-retries"} if uses_visualmixer else set()),
-    }
-    if message_type not in keys:
-        raise ValueError(f"no metrics are defined for message type {message_type!r}")
-    return frozenset(keys[message_type])
-
-
-def check_metrics(metrics: Mapping[str, object], expected: frozenset[str]) -> dict[str, float | int]:
-    """``metrics`` with exactly the ``expected`` keys, each a finite number of its type in
-    its range (:data:`METRICS`); a budget-spent reply may also say ``dp-budget-spent``."""
+def check_metrics(
+    metrics: Mapping[str, object], expected: frozenset[str], specs: Mapping[str, tuple[type, float, float | None]]
+) -> dict[str, float | int]:
+    """``metrics`` with exactly the ``expected`` keys (``common.protocol.expected_metrics``),
+    each a finite number of its type in its range: ``specs[key]`` is (type, lowest, highest)."""
     keys = set(metrics)
-    if metrics.get("dp-budget-spent"):
-        expected = expected - {"train-loss"} - OBFUSCATION_METRICS | {"dp-budget-spent"}
     if keys != expected:
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         raise PayloadError(f"metrics keys differ from the protocol's: missing {missing}, unexpected {extra}")
     checked: dict[str, float | int] = {}
     for key in sorted(keys):
         value = metrics[key]
-        kind, low, high = METRICS[key]
+        kind, low, high = specs[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PayloadError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
         if kind is int and float(value) != int(value):

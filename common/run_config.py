@@ -14,7 +14,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,13 @@ from typing import Any
 from .augment import AUGMENTATIONS
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE
+from .defenses import DEFENSES, Defense, DefenseConfigError, get_defense
 from .models import INPUT_NORMS, MODELS, num_stages
+from .protocol import EXCHANGES
 from .training import OPTIMIZERS
-from .visualmixer import VisualMixer
 from .visualmixer.invariants import default_region_size
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-EXCHANGES = ("images", "activations", "weights")
-DEFENSES = ("none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd")
 PARTITIONINGS = ("iid", "dirichlet")
 # Run-config name -> class of ``flwr.serverapp.strategy`` (resolved by the server, so that
 # nothing here imports Flower).
@@ -102,27 +101,31 @@ class RunConfig:
     delta: float
     max_grad_norm: float
     noise_multiplier: float
+    # Keys that defenses add (``Defense.options``), every registered defense's: (key, value).
+    defense_options: tuple[tuple[str, Any], ...] = ()
 
     @property
-    def uses_visualmixer(self) -> bool:
-        return defense_uses("visualmixer", self.defense)
+    def active_defense(self) -> Defense:
+        """The :class:`common.defenses.Defense` that ``defense`` names."""
+        return get_defense(self.defense)
 
-    @property
-    def uses_dp(self) -> bool:
-        return defense_uses("dp-sgd", self.defense)
-
-    def visualmixer(self, seed: int | None = None) -> VisualMixer:
-        """The transform this run's ``target-vfe``, ``region-size`` and ``region-scope`` describe."""
-        return VisualMixer(self.target_vfe, region_size=self.region_size, region_scope=self.region_scope, seed=seed)
+    def option(self, key: str) -> Any:
+        """The value of a key that a defense adds (``blur-sigma``, ...)."""
+        return dict(self.defense_options)[key]
 
     def to_dict(self) -> dict[str, Any]:
         """The config with Flower's dashed key names."""
-        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+        fields = {key.replace("_", "-"): value for key, value in asdict(self).items() if key != "defense_options"}
+        return {**fields, **dict(self.defense_options)}
 
     def learning_keys(self) -> dict[str, Any]:
-        """The keys that change what the model learns (a resumed run must keep them)."""
-        keys = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_KEYS}
-        if not (self.uses_dp and self.noise_multiplier == 0):
+        """The keys that change what the model learns (a resumed run must keep them): the
+        options of defenses not in use are left out."""
+        own = set(self.active_defense.options)
+        others = {k for k, _ in self.defense_options} - own
+        keys = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_KEYS | others}
+        # Under DP-SGD with sigma chosen from the budget, the planned rounds set sigma.
+        if not (self.active_defense.trains_privately and self.noise_multiplier == 0):
             del keys["num-server-rounds"]
         return keys
 
@@ -175,20 +178,7 @@ def _text(key: str, value: Any) -> str:
 
 
 AUTO_MODEL = "auto"
-
-
-def defense_uses(part: str, defense: str) -> bool:
-    """Whether ``defense`` (``none``, ``visualmixer``, ``dp-sgd`` or ``visualmixer+dp-sgd``) includes ``part``."""
-    return part in defense.split("+")
-
-
-def auto_model(defense: str, region_scope: int) -> str:
-    """What ``model = "auto"`` trains: ``region-invariant`` on VisualMixer's images with
-    regions in place (scope 1), where it beat the small CNN at every budget measured on
-    CIFAR-10 (docs/results, "Training longer"); ``small-cnn`` otherwise. The region-invariant
-    stem sees nothing an in-region shuffle changes, so the shuffle costs it nothing; with
-    regions moved (scope 0 or k) its grid of regions is scrambled too, which was not measured."""
-    return "region-invariant" if defense_uses("visualmixer", defense) and region_scope == 1 else "small-cnn"
+DEFAULT_MODEL = "small-cnn"  # what ``model = "auto"`` trains unless the defense prefers another
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
@@ -196,18 +186,14 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     defaults, unknown keys are ignored."""
     fields = RunConfig.__dataclass_fields__
     merged = {**app_defaults(), **raw}
-    missing = [k.replace("_", "-") for k in fields if k.replace("_", "-") not in merged]
+    missing = [k.replace("_", "-") for k in fields if k != "defense_options" and k.replace("_", "-") not in merged]
     if missing:
         raise ConfigError(f"run-config has no value for {', '.join(missing)} and no pyproject.toml defaults")
     value = merged.get
     exchange = _choice("exchange", value("exchange"), EXCHANGES)
     defense = _choice("defense", value("defense"), DEFENSES)
-    if defense_uses("dp-sgd", defense) and exchange == "images":
-        raise ConfigError(
-            f"run-config defense={defense!r} with exchange='images' is refused: DP-SGD noises "
-            "gradients, it does not hide uploaded images (use defense 'visualmixer', or "
-            "exchange 'weights' or 'activations' for DP-SGD)"
-        )
+    if exchange in (refused := get_defense(defense).refused_exchanges):
+        raise ConfigError(f"run-config defense={defense!r} with exchange={exchange!r} is refused: {refused[exchange]}")
     model = _choice("model", value("model"), (AUTO_MODEL, *MODELS))
     image_size = _number("image-size", value("image-size"), int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if image_size % 2:
@@ -219,22 +205,8 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             f"run-config region-size={region_size} must be a power of two that divides image-size={image_size}: "
             f"{', '.join(map(str, sizes))}, or 0 (image-size / 4)"
         )
-    grid = image_size // region_size
     region_scope = _number("region-scope", value("region-scope"), int, 0)
-    if region_scope > 1 and grid % region_scope:
-        raise ConfigError(
-            f"run-config region-scope={region_scope} must divide the {grid}x{grid} "
-            f"grid of regions (region-size={region_size}), or be 0 (anywhere) or 1 (in place)"
-        )
     server_augment = _choice("server-augment", value("server-augment"), AUGMENTATIONS)
-    if server_augment == "flip-shift" and region_scope != 1 and defense_uses("visualmixer", defense):
-        raise ConfigError(
-            f"run-config server-augment='flip-shift' with region-scope={region_scope} is refused: a shift "
-            "cuts regions moved across the image at its edge unlike the originals', so it does not "
-            "commute with VisualMixer (use 'flip', or region-scope=1)"
-        )
-    if model == AUTO_MODEL:
-        model = auto_model(defense, region_scope)
     run_name = _text("run-name", value("run-name"))
     if "/" in run_name or run_name in (".", ".."):
         raise ConfigError(f"run-config run-name={run_name!r} must be a plain folder name")
@@ -243,7 +215,15 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise ConfigError(f"run-config device={device!r} is not one of: auto, cpu, cuda, cuda:N")
-    return RunConfig(
+    options = []
+    for name, option in {k: o for d in DEFENSES.values() for k, o in d.options.items()}.items():
+        if name not in merged:
+            raise ConfigError(f"run-config has no value for {name} (a key of defense options) and no pyproject.toml default")
+        try:
+            options.append((name, option.parse(name, merged[name])))
+        except DefenseConfigError as err:
+            raise ConfigError(str(err)) from None
+    config = RunConfig(
         exchange=exchange,
         defense=defense,
         dataset=_choice("dataset", value("dataset"), DATASETS),
@@ -261,9 +241,9 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         server_augment=server_augment,
         learning_rate=_number("learning-rate", value("learning-rate"), float, 1e-12),
         optimizer=_choice("optimizer", value("optimizer"), OPTIMIZERS),
-        model=model,
+        model=model if model != AUTO_MODEL else DEFAULT_MODEL,
         input_norm=_choice("input-norm", value("input-norm"), INPUT_NORMS),
-        cut_layer=_number("cut-layer", value("cut-layer"), int, 1, num_stages(model) - 1),
+        cut_layer=_number("cut-layer", value("cut-layer"), int, 1),
         target_vfe=_number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
         region_size=region_size,
         region_scope=region_scope,
@@ -288,4 +268,13 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         delta=_number("delta", value("delta"), float, 1e-12, 0.1),
         max_grad_norm=_number("max-grad-norm", value("max-grad-norm"), float, 1e-6),
         noise_multiplier=_number("noise-multiplier", value("noise-multiplier"), float, 0.0),
+        defense_options=tuple(options),
     )
+    try:
+        config.active_defense.check(config)
+    except DefenseConfigError as err:
+        raise ConfigError(str(err)) from None
+    if model == AUTO_MODEL:
+        config = replace(config, model=config.active_defense.preferred_model(config) or DEFAULT_MODEL)
+    _number("cut-layer", config.cut_layer, int, 1, num_stages(config.model) - 1)
+    return config

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common.augment import augmenter
+from common.augment import CLEAN_MAX_SHIFT, augmenter
 from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.run_config import ConfigError, RunConfig
@@ -164,7 +164,8 @@ class ServerTrainer:
         images = torch.cat([b[0] for b in self.buffer])[-BUFFER_LIMIT:]
         labels = torch.cat([b[1] for b in self.buffer])[-BUFFER_LIMIT:]
         self.buffer = [(images, labels)]
-        augment = augmenter(self.config.server_augment, self.config.region_size, self.config.uses_visualmixer)
+        shift = self.config.active_defense.commuting_shift(self.config, CLEAN_MAX_SHIFT)
+        augment = augmenter(self.config.server_augment, shift)
         losses = train_steps(
             self.model, images, labels, self.optimizer,
             self.config.server_steps, self.config.server_batch_size, augment, self.device,
@@ -197,7 +198,7 @@ class ServerTrainer:
         return acts.grad.detach().cpu(), loss
 
     def evaluate_central(self) -> dict[str, float]:
-        """Accuracy and loss on the server's test split, obfuscated like the training data.
+        """Accuracy and loss on the server's test split, transformed like the training data.
 
         Not available in split learning: the server holds only the top of the model.
         """
@@ -208,14 +209,17 @@ class ServerTrainer:
         return {"central-accuracy": accuracy, "central-loss": loss}
 
     def central_eval_images(self) -> torch.Tensor:
-        """The test split as the model is scored on it: with VisualMixer, obfuscated once
-        per run from a fixed seed, so every round sees the same copy and a resumed run
+        """The test split as the model is scored on it: under an image defense, transformed
+        once per run from a fixed seed, so every round sees the same copy and a resumed run
         rebuilds the very same one."""
-        if not self.config.uses_visualmixer:
+        defense = self.config.active_defense
+        if not defense.transforms_images:
             return self.test_set.images
         if self._central_images is None:
             seed = round_seed(self.config.seed, EVALUATION_ROUND, SERVER_NODE)
-            self._central_images = obfuscate_once(self.test_set.images, self.config.visualmixer, seed, self.device)
+            self._central_images = obfuscate_once(
+                self.test_set.images, lambda s: defense.image_transform(self.config, s), seed, self.device
+            )
         return self._central_images
 
     # -- bookkeeping -----------------------------------------------------------------------

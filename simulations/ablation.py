@@ -80,7 +80,7 @@ def run_arm(train, test, model_name, optimizer_name, target, scope, recipe, seed
     if "augment" in recipe:  # after the shuffle: flips and whole-region shifts commute with it
         generator = torch.Generator().manual_seed(seed)
 
-        augment = augmenter("flip-shift", region, obfuscated=True, generator=generator)
+        augment = augmenter("flip-shift", (region, region), generator=generator)
 
         def batches(x, mixer=mixer):
             return augment(mixer(x) if mixer is not None else x)

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.data import DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSet, load_dataset
+from common.defenses import get_defense
 from common.models import MODELS
 from common.run_config import EXCHANGES
 from common.visualmixer.invariants import default_region_size
@@ -149,7 +150,7 @@ class Arm:
     @property
     def label(self) -> str:
         """Defense and setting: the same label in every exchange mode."""
-        name = {"none": "none", "visualmixer": "vm", "dp-sgd": "dp", "visualmixer+dp-sgd": "vm+dp"}[self.defense]
+        name = get_defense(self.defense).abbreviation
         return name if self.setting == "-" else f"{name}-{self.setting}"
 
     @property
@@ -181,7 +182,7 @@ def matrix(image_size: int = 32) -> list[Arm]:
         replace(d, exchange=x, **sized)
         for x in EXCHANGES
         for d in defenses
-        if not (x == "images" and "dp-sgd" in d.defense)
+        if x not in get_defense(d.defense).refused_exchanges
     ]
     last_images = max(i for i, a in enumerate(arms) if a.exchange == "images")
     scoped = [replace(a, image_size=image_size) for a in scope_arms(region)]
@@ -284,7 +285,7 @@ def run_config(arm: Arm, preset: Preset, data: Path, runs: Path, seed: int) -> s
         "target-vfe": arm.target_vfe if arm.target_vfe is not None else 0.8,
         "target-epsilon": arm.epsilon if arm.epsilon is not None else 8.0,
         "region-size": arm.region_size, "region-scope": arm.region_scope,
-        "server-augment": preset.server_augment[arm.defense != "none"],
+        "server-augment": preset.server_augment[get_defense(arm.defense).transforms_images],
     }
     return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
 

@@ -25,7 +25,14 @@ import time
 from pathlib import Path
 
 from server.flwr_cli import (
-    BIN, ROOT, FlwrError, flwr_env, flwr_json, foreign_superlink, local_superlinks, run_flwr,
+    BIN,
+    ROOT,
+    FlwrError,
+    flwr_env,
+    flwr_json,
+    foreign_superlink,
+    local_superlinks,
+    run_flwr,
     stop_local_superlink,
 )
 

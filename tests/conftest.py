@@ -103,3 +103,23 @@ def shapes_folder(tmp_path_factory) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def simulation_env(tmp_path_factory):
+    """Environment for ``flwr run`` against a local SuperLink of its own: a temp FLWR_HOME,
+    free ports; the SuperLink and the simulation processes it launched are stopped after."""
+    import signal
+
+    from server.flwr_cli import stop_local_superlink
+    from tests.test_deployment import flwr_env, free_port
+    from tests.test_simulation import superlink_pids
+
+    env = flwr_env(tmp_path_factory.mktemp("flwr-sim-home"))
+    port = free_port()
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    yield env
+    stop_local_superlink(Path(env["FLWR_HOME"]))
+    for pid in superlink_pids(port):
+        os.kill(pid, signal.SIGTERM)

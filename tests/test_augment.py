@@ -27,8 +27,8 @@ def test_augmenting_an_obfuscated_image_is_obfuscating_the_augmented_one(kind, s
     (where only flips are allowed: a shift cuts moved regions at the edge)."""
     images = torch.randint(0, 256, (32, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     obfuscated = VisualMixer(0.8, region_size=8, region_scope=scope, seed=1)(images)
-    on_originals = augmenter(kind, 8, obfuscated=True, generator=torch.Generator().manual_seed(2))(images)
-    on_obfuscated = augmenter(kind, 8, obfuscated=True, generator=torch.Generator().manual_seed(2))(obfuscated)
+    on_originals = augmenter(kind, (8, 8), generator=torch.Generator().manual_seed(2))(images)
+    on_obfuscated = augmenter(kind, (8, 8), generator=torch.Generator().manual_seed(2))(obfuscated)
     kept, moved = region_multisets(on_originals, 8), region_multisets(on_obfuscated, 8)
     if scope == 1:
         assert torch.equal(kept, moved)
@@ -39,10 +39,10 @@ def test_augmenting_an_obfuscated_image_is_obfuscating_the_augmented_one(kind, s
 
 def test_clean_shifts_are_finer_than_a_region_and_none_is_no_transform():
     images = torch.randint(1, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    out = augmenter("flip-shift", 8, obfuscated=False, generator=torch.Generator().manual_seed(1))(images)
+    out = augmenter("flip-shift", (4, 1), generator=torch.Generator().manual_seed(1))(images)
     zero_rows = (out == 0).all(dim=(1, 3)).sum(1)  # rows of zero fill = the vertical shift
     assert zero_rows.max() <= 4 and (zero_rows % 8 != 0).any()
-    assert augmenter("none", 8, obfuscated=True) is None
+    assert augmenter("none", (8, 8)) is None
 
 
 def test_a_bad_server_augment_names_the_key_and_the_default_is_none():

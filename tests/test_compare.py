@@ -11,7 +11,6 @@ import pytest
 
 from server.flwr_cli import local_superlinks
 from simulations.compare import EXCHANGES, matrix
-from tests.test_simulation import simulation_env  # noqa: F401 - fixture: FLWR_HOME, ports, clean-up
 from tests.test_deployment import ROOT
 
 

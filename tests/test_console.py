@@ -18,8 +18,8 @@ from rich.console import Console
 from common.run_store import RunStore
 from server.console.app import create_app
 from server.console.auth import load_or_create_token, needs_token, token_path
-from server.console.text import follow, render
 from server.console.runs import RunFolder
+from server.console.text import follow, render
 
 ROUND = {"round": 1, "status": "completed", "exchange": "images", "defense": "visualmixer", "replies": 2,
          "rejected": 1, "train-loss": 2.1, "federated-accuracy": 0.4, "central-accuracy": 0.5,
@@ -198,9 +198,9 @@ def test_text_view_shows_the_rounds_and_returns_when_the_run_ends(runs):
 
 
 def test_cli_text_mode_names_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from common.cli import main
+    from server.console.cli import main
 
-    assert main(["console", "--text", str(tmp_path)]) == 2
+    assert main(["--text", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
 
 

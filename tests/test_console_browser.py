@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_deployment import ROOT, flwr_json, free_port
-from tests.test_simulation import simulation_env  # noqa: F401 - the fixture, shared
 
 pytestmark = pytest.mark.console
 
@@ -43,7 +42,7 @@ def start_run(env, runs: Path, name: str, rounds: int, timeout: int = 600) -> su
 def start_console(env, runs: Path, host: str, port: int, superlink: str | None = "local") -> subprocess.Popen:
     link = ["--superlink", superlink] if superlink else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "console", "--runs-dir", str(runs), *link,
+        [sys.executable, "-m", "server.console.cli", "--runs-dir", str(runs), *link,
          "--host", host, "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -221,7 +220,7 @@ def test_tls_with_the_superlink_certificates_and_the_token(tmp_path):
     runs.mkdir()
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "console", "--runs-dir", str(runs), "--host", "127.0.0.2",
+        [sys.executable, "-m", "server.console.cli", "--runs-dir", str(runs), "--host", "127.0.0.2",
          "--port", str(port), "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -41,7 +41,7 @@ def test_dp_sgd_with_images_is_refused_at_start():
     for defense in ("dp-sgd", "visualmixer+dp-sgd"):
         with pytest.raises(ConfigError, match=r"defense='.*dp-sgd' with exchange='images'"):
             parse_run_config({"exchange": "images", "defense": defense})
-    assert parse_run_config({"exchange": "weights", "defense": "visualmixer+dp-sgd"}).uses_dp
+    assert parse_run_config({"exchange": "weights", "defense": "visualmixer+dp-sgd"}).active_defense.trains_privately
 
 
 def test_ledger_epsilon_matches_opacus_accountant_for_the_same_steps():

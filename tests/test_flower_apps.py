@@ -374,11 +374,13 @@ def test_defaults_come_from_pyproject():
     """The app's [tool.flwr.app.config] is the one place defaults live; every key is there."""
     import tomllib
 
+    from common.defenses import DEFENSES
     from common.run_config import PYPROJECT, RunConfig
 
     with PYPROJECT.open("rb") as f:
         table = tomllib.load(f)["tool"]["flwr"]["app"]["config"]
-    assert set(table) == {k.replace("_", "-") for k in RunConfig.__dataclass_fields__}
+    shared = {k.replace("_", "-") for k in RunConfig.__dataclass_fields__} - {"defense-options"}
+    assert set(table) == shared | {k for d in DEFENSES.values() for k in d.options}
     # region-size 0 is resolved against image-size, and model auto against the defense: the
     # parsed config holds what is in use.
     assert parse_run_config({}).to_dict() == {**table, "region-size": 8, "model": "region-invariant"}
@@ -416,13 +418,13 @@ def test_model_auto_trains_the_region_invariant_model_on_images_shuffled_in_plac
 
 def test_region_scope_reaches_the_transform_the_nodes_use():
     config = parse_run_config({"region-scope": 2, "region-size": 4})
-    assert config.visualmixer().region_scope == 2 and config.learning_keys()["region-scope"] == 2
+    assert config.active_defense.transform(config).region_scope == 2 and config.learning_keys()["region-scope"] == 2
 
 
 @pytest.mark.parametrize("side, region", [(32, 8), (64, 16), (224, 32), (28, 4), (96, 16), (10, 2)])
 def test_the_default_region_size_keeps_a_grid_of_about_4x4(side, region):
     config = parse_run_config({"image-size": side})
-    assert config.region_size == region and config.visualmixer().region_size == region
+    assert config.region_size == region and config.active_defense.transform(config).region_size == region
     assert parse_run_config({"image-size": side, "region-size": 2}).region_size == 2
 
 

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
+from common.defenses.visualmixer import guard_failures
 from common.shapes import generate_shapes
 from common.visualmixer import VisualMixer
-from server.exchanges.images import guard_failures
 from server.robustness import above_bound, fair_counts, lower_median, update_norm
 from tests.hostile_client import tamper, tampered_images
 from tests.test_flower_apps import run

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_deployment import ROOT
-from tests.test_simulation import simulation_env  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.deployment
 SETTINGS = "num-server-rounds=5 eval-samples=200 defense='none' model='small-cnn' seed=3"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server.flwr_cli import session_id, local_superlinks, stop_local_superlink
-from tests.test_deployment import ROOT, flwr_env, free_port
+from server.flwr_cli import local_superlinks, session_id
+from tests.test_deployment import ROOT
 
 pytestmark = pytest.mark.deployment
 
@@ -54,18 +54,6 @@ def superlink_pids(port: int) -> list[int]:
         if any(b"flower-superlink" in part for part in cmdline) and str(port).encode() in cmdline:
             pids.append(int(proc.name))
     return pids
-
-
-@pytest.fixture(scope="module")
-def simulation_env(tmp_path_factory):
-    env = flwr_env(tmp_path_factory.mktemp("flwr-sim-home"))
-    port = free_port()
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port)
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    yield env
-    stop_local_superlink(Path(env["FLWR_HOME"]))  # and the simulation processes it launched
-    for pid in superlink_pids(port):
-        os.kill(pid, signal.SIGTERM)
 
 
 def flwr_run(env: dict[str, str], tmp_path: Path, overrides: str) -> subprocess.CompletedProcess:

@@ -30,15 +30,10 @@ from ._checks import (
     check_region_size,
     check_target_vfe,
 )
+from ._layout import from_regions, to_regions
 from .plan import gradient_importance, plan_rungs, saliency_importance
 from .shuffle import make_generator, shuffle_regions
-from .vfe import (
-    RegionStats,
-    from_regions,
-    shuffled_image_vfe,
-    stats_of_regions,
-    to_regions,
-)
+from .vfe import RegionStats, shuffled_image_vfe, stats_of_regions
 
 # Plans aim above the target so that most images pass the first check. An image's VFE is a
 # mean over its non-flat (channel, region) pairs, each set by an independent draw, so its

@@ -8,6 +8,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..defaults import DEFAULT_TARGET_VFE
 from ._checks import (
     check_block_sizes,
     check_importance,
@@ -15,7 +16,6 @@ from ._checks import (
     check_region_side,
     check_target_vfe,
 )
-from ..defaults import DEFAULT_TARGET_VFE
 from .functional import Obfuscation, obfuscate
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ._checks import as_batch, check_region_size
-from ._layout import from_regions, to_regions
+from ._layout import to_regions
 from ._scratch import scratch
 
 # Standard deviation below half a grey level counts as flat (on the 0..255 scale).

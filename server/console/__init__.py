@@ -1,7 +1,7 @@
 """The operator console: follow, compare and stop runs from a browser or a terminal.
 
-    visualmixer console [--runs-dir outputs] [--superlink NAME] [--host 127.0.0.1] [--port 8050]
-    visualmixer console --text RUN_DIR
+    visualmixer-console [--runs-dir outputs] [--superlink NAME] [--host 127.0.0.1] [--port 8050]
+    visualmixer-console --text RUN_DIR
 
 See ``server/console/app.py`` for the pages and endpoints, ``auth.py`` for the token
 needed off loopback, ``text.py`` for the terminal view.

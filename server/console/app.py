@@ -1,7 +1,7 @@
 """The console's web application: JSON endpoints over the runs dir and the SuperLink, and
 the static pages that draw them (no template engine, nothing fetched from elsewhere).
 
-    /                     runs          /api/runs
+    /                     runs          /api/runs, /api/defenses
     /runs/<name>          one run       /api/runs/<name>, .../files/<file>, POST .../stop
     /compare              overlay runs  /api/compare/<folder>, .../files/<file>
     /compare/<folder>     a simulations.compare output folder
@@ -107,6 +107,12 @@ def create_app(runs_dir: Path, superlink: str | None = None, token: str | None =
                              "reason": row.get("status-details", ""), "started-at": None})
         return {"runs": rows, "superlink": superlink, "superlink-error": error,
                 "comparisons": runs.comparisons()}
+
+    @app.get("/api/defenses")
+    def defenses() -> dict[str, Any]:
+        from common.defenses import DEFENSES
+
+        return {"defenses": [d.describe() for d in DEFENSES.values()]}
 
     @app.get("/api/runs/{name}")
     def run_detail(name: str) -> dict[str, Any]:

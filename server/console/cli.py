@@ -1,4 +1,7 @@
-"""``visualmixer console``: serve the console (uvicorn) or show one run in the terminal."""
+"""``visualmixer-console``: serve the console (uvicorn) or show one run in the terminal.
+
+    visualmixer-console [--runs-dir outputs] [--superlink NAME] [--host H] [--port P] | --text RUN_DIR
+"""
 
 from __future__ import annotations
 
@@ -63,3 +66,16 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visualmixer-console", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The operator console: follow, compare and stop runs in a browser (or --text).",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

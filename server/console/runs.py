@@ -170,6 +170,8 @@ class RunFolder:
             "nodes": last_outcomes(events.rows),
             "skipped-lines": metrics.skipped + events.skipped,
             "run-config": self.config.get("run_config", {}),
+            # What the run's defense adds to the page (charts, headline); None if unknown here.
+            "defense-info": describe_defense(self.config.get("run_config", {}).get("defense")),
             "versions": self.config.get("versions", {}),
             "summary": self.summary,
             "files": [name for name in RUN_FILES if (self.path / name).is_file()],
@@ -233,3 +235,12 @@ class RunsDir:
 
     def comparison_file(self, name: str, file: str) -> Path:
         return safe_child(safe_child(self.root, name), file, COMPARE_FILES)
+
+
+def describe_defense(name: Any) -> dict[str, Any] | None:
+    """The registry's description of defense ``name`` (``common.defenses``), or None for a
+    name this version does not know (a run written by another version)."""
+    from common.defenses import DEFENSES
+
+    defense = DEFENSES.get(name) if isinstance(name, str) else None
+    return None if defense is None else defense.describe()

@@ -1,4 +1,4 @@
-"""``visualmixer console --text RUN_DIR``: the run page's figures as a live terminal table,
+"""``visualmixer-console --text RUN_DIR``: the run page's figures as a live terminal table,
 for SSH sessions. Refreshes as rounds land; returns when ``summary.json`` appears, or, with
 ``--superlink``, when the SuperLink reports the run finished (a run stopped with ``flwr
 stop`` outside the console writes no summary)."""
@@ -48,13 +48,14 @@ def render(run: RunFolder, last: int = 20, flower: dict[str, dict[str, Any]] | N
     """The header (status, config) and the table of the last ``last`` rounds."""
     detail = run.detail(flower)
     cfg = detail["run-config"]
-    target = cfg.get("target-vfe") if "visualmixer" in str(cfg.get("defense", "")) else None
+    info = detail.get("defense-info") or {}
+    headline = "".join(f"  {label} {cfg[key]}" for label, key in info.get("headline", []) if key in cfg)
     header = Text.assemble(
         (f"{run.name}  ", "bold"),
         (f"{detail['status']}", "green" if detail["status"] == "finished:completed" else "yellow"),
         f"  {detail['exchange']} / {detail['defense']} / {detail['dataset']} / {detail['model']}",
         f"  rounds {detail['rounds-done']}/{detail['rounds-planned']}",
-        f"  target VFE {target}" if target is not None else "",
+        headline,
     )
     table = Table(expand=False)
     for _, title, _ in COLUMNS:

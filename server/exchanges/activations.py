@@ -18,8 +18,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.payloads import PayloadError, check_activations, check_weights
+from common.protocol import APPLY_GRADIENTS, GRADIENTS, QUERY_ACTIVATIONS
 from common.run_config import RunConfig
-from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
+from server.exchanges.base import Exchange, Kept, client_train_metrics
 from server.messaging import Messenger, reply_arrays
 from server.robustness import per_sample_norm, update_norm
 from server.trainer import ServerTrainer
@@ -35,10 +36,10 @@ class ActivationsExchange(Exchange):
     def configure(self, server_round: int, messenger: Messenger) -> list[Message]:
         # The client layers go down every round; a node that already holds them keeps its own.
         init = ArrayRecord(self.trainer.state_dict(self.trainer.client_part))
-        return messenger.to_every_node("query.activations", server_round, init)
+        return messenger.to_every_node(QUERY_ACTIVATIONS.type, server_round, init)
 
     def validate(self, reply: Message) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        metrics = self.checked_metrics(reply, "query.activations", arrays=True)
+        metrics = self.checked_metrics(reply, QUERY_ACTIVATIONS.type, arrays=True)
         activations, labels = check_activations(
             reply_arrays(reply), self.activation_shape, self.trainer.num_classes, self.upload_limit,
             self.config.max_abs_value,
@@ -49,12 +50,12 @@ class ActivationsExchange(Exchange):
 
     @property
     def upload_limit(self) -> int:
-        """Most samples one node may send per round. Under DP-SGD the client's batch is
-        Poisson with mean ``upload-samples``, so the cap sits 6 standard deviations above it."""
+        """Most samples one node may send per round (the defense's allowance above
+        ``upload-samples``, e.g. for DP-SGD's Poisson-sampled batches)."""
         samples = self.config.upload_samples
         if not samples:
             return 10**9
-        return int(samples + 6 * samples**0.5) + 1 if self.config.uses_dp else samples
+        return self.config.active_defense.upload_limit(samples)
 
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
         norms = [per_sample_norm(a) for _, (a, _, _) in kept]
@@ -68,11 +69,11 @@ class ActivationsExchange(Exchange):
         downs = [
             Message(
                 RecordDict({
-                    "arrays": ArrayRecord({"gradients": grad}),
+                    "arrays": ArrayRecord({GRADIENTS: grad}),
                     "config": ConfigRecord({"server-round": server_round}),
                 }),
                 dst_node_id=reply.metadata.src_node_id,
-                message_type="train.apply_gradients",
+                message_type=APPLY_GRADIENTS.type,
             )
             for (reply, _), grad in zip(kept, gradient.split(sizes), strict=True)
         ]
@@ -90,18 +91,19 @@ class ActivationsExchange(Exchange):
                 mean_state([(layers, int(m["num-examples"])) for _, (m, layers) in acked])
             )
         ack_metrics = [(ack.metadata.src_node_id, m) for ack, (m, _) in acked]
-        applied = sum(1 for _, m in ack_metrics if not m.get("dp-budget-spent"))
-        row = client_train_metrics([m for _, (_, _, m) in kept])
+        defense = self.config.active_defense
+        applied = sum(1 for _, m in ack_metrics if defense.stopped_reply(APPLY_GRADIENTS.type, m) is None)
+        row = client_train_metrics([(r.metadata.src_node_id, m) for r, (_, _, m) in kept], self.config)
         return {
             **row, "train-loss": loss, "skipped-steps": self.trainer.skipped_steps,
-            "gradients-applied": applied, **privacy_metrics(ack_metrics),
+            "gradients-applied": applied, **defense.round_metrics(ack_metrics),
         }
 
     def _acknowledgement(
         self, ack: Message, reference: dict[str, torch.Tensor]
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(metrics, the node's client layers after the step), checked like a weights reply."""
-        metrics = self.checked_metrics(ack, "train.apply_gradients", arrays=True)
+        metrics = self.checked_metrics(ack, APPLY_GRADIENTS.type, arrays=True)
         layers = reply_arrays(ack)
         check_weights(layers, reference, self.config.max_abs_value)
         return metrics, layers

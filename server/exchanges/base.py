@@ -6,9 +6,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message
 
-from common.payloads import PayloadError, check_metrics, expected_metrics
+from common.payloads import PayloadError, check_metrics
+from common.protocol import EVALUATE, expected_metrics, metric_specs
 from common.run_config import RunConfig
 from server.messaging import Messenger, RoundFailed, check_records, log, reply_metrics
 from server.robustness import above_bound, fair_counts
@@ -39,10 +40,11 @@ class Exchange(ABC):
 
     def checked_metrics(self, reply: Message, message_type: str, arrays: bool) -> dict[str, Any]:
         """The reply's records and metrics checked against the protocol of ``message_type``
-        in this run (see ``common.payloads.expected_metrics``)."""
+        under this run's defense (``common.protocol.expected_metrics``)."""
         check_records(reply, arrays)
-        expected = expected_metrics(message_type, self.config.uses_visualmixer, self.config.uses_dp)
-        return check_metrics(reply_metrics(reply), expected)
+        metrics = reply_metrics(reply)
+        defense = self.config.active_defense
+        return check_metrics(metrics, expected_metrics(message_type, defense, metrics), metric_specs(defense))
 
     def reject_above(self, kept: list, norms: list[float], multiple: float, what: str, messenger: Messenger) -> list:
         """The entries of ``kept`` (reply, payload) whose norm is at most ``multiple`` x the
@@ -69,7 +71,7 @@ class Exchange(ABC):
         return ArrayRecord(self.trainer.state_dict())
 
     def _evaluation(self, reply: Message) -> tuple[float, float, int]:
-        metrics = self.checked_metrics(reply, MessageType.EVALUATE, arrays=False)
+        metrics = self.checked_metrics(reply, EVALUATE.type, arrays=False)
         asked = self.config.eval_samples
         if asked and metrics["num-examples"] > asked:
             raise PayloadError(f"num-examples={metrics['num-examples']} but the server asked for eval-samples={asked}")
@@ -79,7 +81,7 @@ class Exchange(ABC):
         """Federated evaluation (``federated-*``) and, where the server holds the whole
         model and a test split, central evaluation (``central-*``)."""
         try:
-            messages = messenger.to_every_node(MessageType.EVALUATE, server_round, self.evaluation_arrays())
+            messages = messenger.to_every_node(EVALUATE.type, server_round, self.evaluation_arrays())
         except RoundFailed as err:
             log.warning("Federated evaluation skipped: %s", err)
             messages = []
@@ -105,38 +107,15 @@ def weighted_mean(values: list[tuple[float, int]]) -> float | None:
     return sum(v * w for v, w in values) / total if total else None
 
 
-def client_train_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round's row from the accepted replies' metrics: how many, the mean train loss
-    and VFE sent (weighted by ``num-examples``), and VisualMixer's cost summed."""
-    counts = [(m, int(m["num-examples"])) for m in metrics]
-    row: dict[str, Any] = {"replies": len(metrics)}
-    for key, name in (("train-loss", "train-loss"), ("vfe", "vfe-sent")):
-        value = weighted_mean([(float(m[key]), n) for m, n in counts if key in m])
-        if value is not None:
-            row[name] = value
-    # What privacy cost the clients this round: seconds inside VisualMixer and its retries
-    # (extra attempts for images that fell short of the target), summed; validation has
-    # already checked that each is a finite number >= 0 of its type.
-    for key, digits in (("obfuscation-seconds", 4), ("obfuscation-retries", None)):  # None: an int
-        values = [m[key] for m in metrics if key in m]
-        if values:
-            row[key] = round(sum(values), digits)
-    return row
-
-
-def privacy_metrics(replies: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Each node's total epsilon so far, from (node id, metrics) pairs (DP-SGD arms only)."""
-    per_node = {str(node): float(m["epsilon"]) for node, m in replies if "epsilon" in m}
-    if not per_node:
-        return {}
-    row: dict[str, Any] = {"epsilon-max": max(per_node.values()), "epsilon-per-node": per_node}
-    sigmas = [float(m["noise-multiplier"]) for _, m in replies if "noise-multiplier" in m]
-    if sigmas:
-        row["noise-multiplier-min"] = min(sigmas)
-    spent = [node for node, m in replies if m.get("dp-budget-spent")]
-    if spent:
-        row["dp-budget-spent-nodes"] = len(spent)
-    return row
+def client_train_metrics(replies: list[tuple[int, dict[str, Any]]], config: RunConfig) -> dict[str, Any]:
+    """The round's row from (node id, metrics) of the accepted replies: how many, the mean
+    train loss (weighted by ``num-examples``), and the defense's own figures (for VisualMixer
+    the mean VFE sent and its cost summed; for DP-SGD each node's epsilon so far)."""
+    row: dict[str, Any] = {"replies": len(replies)}
+    loss = weighted_mean([(float(m["train-loss"]), int(m["num-examples"])) for _, m in replies if "train-loss" in m])
+    if loss is not None:
+        row["train-loss"] = loss
+    return {**row, **config.active_defense.round_metrics(replies)}
 
 
 def progress_line(row: dict[str, Any]) -> str:

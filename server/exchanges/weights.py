@@ -12,8 +12,9 @@ from flwr.serverapp.strategy import Strategy
 
 from common.data import DATASETS
 from common.payloads import PayloadError, check_weights
+from common.protocol import TRAIN
 from common.run_config import STRATEGIES, RunConfig
-from server.exchanges.base import Exchange, Kept, client_train_metrics, privacy_metrics
+from server.exchanges.base import Exchange, Kept, client_train_metrics
 from server.messaging import Messenger, RoundFailed, reply_arrays
 from server.robustness import fair_counts, lower_median, update_norm
 from server.trainer import ServerTrainer
@@ -59,7 +60,7 @@ class WeightsExchange(Exchange):
         return self.config.max_examples_per_reply or DATASETS[self.config.dataset].train_size
 
     def validate(self, reply: Message) -> dict[str, Any]:
-        metrics = self.checked_metrics(reply, "train", arrays=True)
+        metrics = self.checked_metrics(reply, TRAIN.type, arrays=True)
         limit = self.examples_limit
         if limit is not None and metrics["num-examples"] > limit:
             raise PayloadError(
@@ -67,11 +68,9 @@ class WeightsExchange(Exchange):
                 f"(max-examples-per-reply={limit})"
             )
         check_weights(reply_arrays(reply), self.reference, self.config.max_abs_value)
-        if metrics.get("dp-budget-spent"):
-            raise PayloadError(
-                f"privacy budget spent (epsilon {float(metrics['epsilon']):.3f}, next round would "
-                f"exceed target-epsilon={self.config.target_epsilon}); not aggregated"
-            )
+        defense = self.config.active_defense
+        if defense.stopped_reply(TRAIN.type, metrics) is not None:
+            raise PayloadError(f"{defense.stop_reason(metrics, self.config)}; not aggregated")
         return metrics
 
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
@@ -80,11 +79,7 @@ class WeightsExchange(Exchange):
         if arrays is None:
             raise RoundFailed("the strategy returned no aggregate")
         self.trainer.set_weights(arrays.to_torch_state_dict())
-        metrics = [m for _, m in kept]
-        return {
-            **client_train_metrics(metrics), **bounds,
-            **privacy_metrics([(r.metadata.src_node_id, m) for r, m in kept]),
-        }
+        return {**client_train_metrics([(r.metadata.src_node_id, m) for r, m in kept], self.config), **bounds}
 
     def bound_replies(self, kept: Kept, messenger: Messenger) -> tuple[Kept, dict[str, Any]]:
         """Reject every update longer than ``update-bound`` x the round's median update norm,

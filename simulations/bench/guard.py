@@ -3,7 +3,7 @@
     python -m simulations.bench.guard [--nodes 4] [--upload-samples 256] [--server-steps 40] [--repeats 5]
 
 The guard measures the VFE of every uploaded image per region and channel
-(``server.exchanges.images.guard_failures``) before the server trains on them. This times, in turns in one run, the guard over one round's
+(``common.defenses.visualmixer.guard_failures``) before the server trains on them. This times, in turns in one run, the guard over one round's
 uploads (``nodes x upload-samples`` obfuscated 32x32 images) and the server's training of
 that round (``server-steps`` steps of ``server-batch-size`` on the small CNN, as
 ``ServerTrainer.train_on_uploads`` does), and prints one JSON line with the medians and
@@ -20,11 +20,11 @@ import time
 import torch
 
 from common.defaults import DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE
+from common.defenses.visualmixer import guard_failures
 from common.models import build_model
 from common.shapes import generate_shapes
 from common.training import make_optimizer, train_steps
 from common.visualmixer import VisualMixer
-from server.exchanges.images import guard_failures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 
 For each image set (the embedded shapes, and CIFAR-10 test images from an ImageFolder copy
 with ``--cifar``), prints one JSON line per payload with how many of ``--images`` images
-``server.exchanges.images.guard_failures`` keeps at the default target 0.8 (the honest
+``common.defenses.visualmixer.guard_failures`` keeps at the default target 0.8 (the honest
 arms at the target and region size they name) and the first reason it gives for the others:
 
 * ``honest-T-rR[-mono]``: VisualMixer at target T, R-px regions (``-mono``: chromatic off);
@@ -20,9 +20,9 @@ import json
 
 import torch
 
+from common.defenses.visualmixer import guard_failures
 from common.shapes import generate_shapes
 from common.visualmixer import VisualMixer
-from server.exchanges.images import guard_failures
 
 TOLERANCE = 0.05  # the run config's default vfe-tolerance
 HONEST = ((0.8, 8, True), (0.8, 8, False), (0.5, 8, True), (0.5, 8, False), (1.0, 4, True))

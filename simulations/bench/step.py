@@ -3,9 +3,9 @@
     python -m simulations.bench.step [--batch-size 64] [--steps 30] [--repeats 5] [--device auto]
 
 One step = draw a batch, apply the defense, forward, backward, optimizer step, exactly as a
-client does in the ``weights`` exchange (``common.training.train_on_batches``). Arms are
-timed in turns (none, visualmixer, dp-sgd, visualmixer+dp-sgd, then again), so machine
-noise hits them alike; prints one JSON line per arm with the median ms per step and the
+client does in the ``weights`` exchange (``common.training.train_on_batches``), for every
+registered defense (``common.defenses``). Arms are timed in turns (each once, then again),
+so machine noise hits them alike; prints one JSON line per arm with the median ms per step and the
 ratio to ``none``. The goals: VisualMixer under 1.05x; the literature puts naive Opacus
 DP-SGD at 2.6-8x.
 """
@@ -19,28 +19,32 @@ import time
 
 import torch
 
-from common.dp import PrivacyLedger, PrivateTraining, poisson_batches
+from common.defenses import DEFENSES
+from common.dp import PrivacyLedger, poisson_batches
 from common.models import build_model
+from common.run_config import parse_run_config
 from common.shapes import generate_shapes
 from common.training import make_optimizer, resolve_device, train_on_batches
-from common.visualmixer import VisualMixer
 
-ARMS = ("none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd")
+ARMS = tuple(DEFENSES)
 
 
 def make_arm(name: str, batch_size: int, num_samples: int, device: torch.device):
+    """Model, optimizer, image transform and batch sampler of defense ``name`` as a client
+    trains under it (sigma fixed at 1: the cost of a step does not depend on it)."""
     torch.manual_seed(0)
+    config = parse_run_config({"defense": name, "exchange": "weights", "model": "small-cnn", "noise-multiplier": 1.0})
+    defense = config.active_defense
     model = build_model("small-cnn").to(device)
     optimizer = make_optimizer("adam", model.parameters(), 0.002)
-    mixer = VisualMixer(0.8) if "visualmixer" in name else None
-    if "dp-sgd" in name:
-        q = batch_size / num_samples
-        private = PrivateTraining(
-            model, optimizer, sigma=1.0, max_grad_norm=1.0, expected_batch_size=batch_size,
-            sample_rate=q, ledger=PrivacyLedger(),
-        )
-        return private.module, private.optimizer, mixer, lambda steps: poisson_batches(num_samples, q, steps)
-    return model, optimizer, mixer, lambda steps: (torch.randint(0, num_samples, (batch_size,)) for _ in range(steps))
+    transform = defense.image_transform(config)
+    q = batch_size / num_samples
+    private = defense.private_training(
+        config, model, optimizer, sample_rate=q, steps=1, expected_batch_size=batch_size, ledger=PrivacyLedger()
+    )
+    if private is not None:
+        return private.module, private.optimizer, transform, lambda steps: poisson_batches(num_samples, q, steps)
+    return model, optimizer, transform, lambda steps: (torch.randint(0, num_samples, (batch_size,)) for _ in range(steps))
 
 
 def main(argv: list[str] | None = None) -> None:

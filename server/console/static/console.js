@@ -207,8 +207,6 @@ let stopRequested = false;
 function runCharts(d) {
   const rounds = d.rounds.filter((r) => r.status === "completed");
   const cfg = d["run-config"];
-  const usesVM = String(cfg.defense || "").includes("visualmixer");
-  const usesDP = String(cfg.defense || "").includes("dp-sgd");
   const charts = [
     lineChart("Accuracy per round", [seriesOf(rounds, "federated-accuracy", "federated (clients' held-out data)"),
       seriesOf(rounds, "central-accuracy", "central (server's test set)", { dashed: true })], { id: "chart-accuracy" }),
@@ -217,17 +215,18 @@ function runCharts(d) {
     lineChart("Bytes per round", [seriesOf(rounds, "bytes-up", "up (received)"), seriesOf(rounds, "bytes-down", "down (sent)")], { id: "chart-bytes", yLabel: "bytes", zero: true }),
     lineChart("Replies per round", [seriesOf(rounds, "replies", "accepted"), seriesOf(rounds, "rejected", "rejected")], { id: "chart-replies", zero: true }),
   ];
-  if (usesVM) {
-    charts.push(lineChart("VFE of what was received", [seriesOf(rounds, "vfe-sent", "mean VFE sent")],
-      { id: "chart-vfe", lines: [{ name: "target", y: cfg["target-vfe"] }] }));
-    charts.push(lineChart("VisualMixer cost (summed over nodes)", [seriesOf(rounds, "obfuscation-seconds", "seconds"),
-      seriesOf(rounds, "obfuscation-retries", "retries")], { id: "chart-obfuscation", zero: true }));
-  }
-  if (usesDP) {
-    const nodes = [...new Set(rounds.flatMap((r) => Object.keys(r["epsilon-per-node"] || {})))].sort();
-    charts.push(lineChart("Cumulative epsilon per node", nodes.map((n) => ({
-      name: `node ${n}`, points: rounds.filter((r) => r["epsilon-per-node"] && typeof r["epsilon-per-node"][n] === "number").map((r) => [r.round, r["epsilon-per-node"][n]]),
-    })), { id: "chart-epsilon", lines: [{ name: "budget", y: cfg["target-epsilon"] }], zero: true }));
+  // Each defense says what to draw for it (GET /api/defenses; common/defenses).
+  for (const c of (d["defense-info"] || {}).charts || []) {
+    const lines = c.target && typeof cfg[c.target] === "number" ? [{ name: c["target-label"], y: cfg[c.target] }] : [];
+    let series = c.series.map(([key, label]) => seriesOf(rounds, key, label));
+    if (c["per-node"]) {
+      const key = c["per-node"];
+      const nodes = [...new Set(rounds.flatMap((r) => Object.keys(r[key] || {})))].sort();
+      series = nodes.map((n) => ({
+        name: `node ${n}`, points: rounds.filter((r) => r[key] && typeof r[key][n] === "number").map((r) => [r.round, r[key][n]]),
+      }));
+    }
+    charts.push(lineChart(c.title, series, { id: c.id, lines, zero: c.zero }));
   }
   return h("div", { class: "charts" }, charts);
 }

@@ -1,0 +1,39 @@
+"""``blur``: a Gaussian blur of standard deviation ``blur-sigma`` pixels (torchvision's
+``gaussian_blur``, kernel 2 * ceil(3 sigma) + 1, at most the image side, reflected edges)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from .base import DefenseConfigError, ImageDefense, ImageTransform, Option
+
+if TYPE_CHECKING:
+    from common.run_config import RunConfig
+
+
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 (B, C, H, W) blurred with a Gaussian of ``sigma`` pixels."""
+    side = min(images.shape[-2:])
+    kernel = min(2 * math.ceil(3 * sigma) + 1, side - 1 + side % 2)
+    return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+def _sigma(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 64:
+        raise DefenseConfigError(f"run-config {key}={value!r} must be a number in (0, 64] (pixels)")
+    return float(value)
+
+
+class Blur(ImageDefense):
+    name = "blur"
+    summary = "a Gaussian blur of blur-sigma pixels"
+    abbreviation = "blur"
+    options = {"blur-sigma": Option(_sigma, "standard deviation of the blur in pixels")}
+
+    def image_transform(self, config: RunConfig, seed: int | None = None) -> ImageTransform:
+        sigma = config.option("blur-sigma")
+        return ImageTransform(lambda images: blur(images, sigma))
