@@ -1,7 +1,9 @@
-"""What one edge node does, in plain PyTorch (no Flower types): the ClientApp calls these.
+"""What one edge node holds and does in every exchange, in plain PyTorch: its data, its
+model, its defense's image transform and its evaluation. The client half of each exchange
+(``client/exchanges/``) builds on it.
 
 A node holds its partition of the data (simulation) or its own ``data-dir`` (deployment),
-and obfuscates on its own device before anything is returned for upload.
+and transforms on its own device before anything is returned for upload.
 """
 
 from __future__ import annotations
@@ -13,20 +15,15 @@ import torch
 
 from common.data import ImageSet, client_partition
 from common.defenses import Defense, ImageTransform
-from common.dp import PrivacyLedger, poisson_batches
-from common.models import build_model, split_model
+from common.dp import poisson_batches
+from common.models import build_model
 from common.run_config import RunConfig, parse_run_config
 from common.training import (
     EVALUATION_ROUND,
     evaluate,
-    make_optimizer,
-    mean_loss,
     obfuscate_once,
     resolve_device,
     round_seed,
-    to_model_input,
-    train_on_batches,
-    train_steps,
 )
 
 log = logging.getLogger("flwr")
@@ -99,7 +96,7 @@ class Node:
             model.load_state_dict(state)
         return model.to(self.device)
 
-    def _batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This round's upload sample: indices drawn from a per-(round, node) seed.
 
         Under a defense that trains privately the sample is Poisson (each image kept with
@@ -119,112 +116,9 @@ class Node:
         return min(1.0, (self.config.upload_samples or len(self.train_set)) / len(self.train_set))
 
     @staticmethod
-    def _transform_metrics(transform: ImageTransform | None) -> dict[str, float]:
+    def transform_metrics(transform: ImageTransform | None) -> dict[str, float]:
         """What a reply says of its transform (for VisualMixer: mean VFE sent, seconds, retries)."""
         return {} if transform is None else transform.reply_metrics()
-
-    # -- exchange = weights --------------------------------------------------------------
-    def train_weights(
-        self, state: dict[str, torch.Tensor], ledger: PrivacyLedger | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict]:
-        """Local training from the global ``state``, wrapped by the defense's private
-        training (recorded in ``ledger``) when it has one."""
-        model = self.model(state)
-        optimizer = make_optimizer(self.config.optimizer, model.parameters(), self.config.learning_rate)
-        transform = self.transform()
-        images, labels = self.train_set.images, self.train_set.labels
-        steps = self.config.local_steps
-        q = min(1.0, self.config.batch_size / len(labels))
-        private = self.defense.private_training(
-            self.config, model, optimizer, sample_rate=q, steps=steps,
-            expected_batch_size=self.config.batch_size, ledger=ledger if ledger is not None else PrivacyLedger(),
-        )
-        extra: dict = {}
-        if private is not None and private.stopped is not None:
-            return {k: v.cpu() for k, v in state.items()}, {"num-examples": len(labels), **private.stopped}
-        if private is not None:
-            batches = poisson_batches(len(labels), q, steps)
-            losses = train_on_batches(private.module, images, labels, private.optimizer, batches, transform, self.device)
-            new_state = private.state_dict()
-            extra = private.metrics()
-        else:
-            losses = train_steps(model, images, labels, optimizer, steps, self.config.batch_size, transform, self.device)
-            new_state = {k: v.cpu() for k, v in model.state_dict().items()}
-        loss, skipped = mean_loss(losses)
-        if skipped:
-            log.warning("Skipped %d of %d local steps: non-finite loss or gradient", skipped, len(losses))
-        metrics = {"num-examples": len(labels), "train-loss": loss}
-        return new_state, {**metrics, **self._transform_metrics(transform), **extra}
-
-    # -- exchange = images ---------------------------------------------------------------
-    def obfuscated_upload(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        images, labels, _ = self._batch(server_round)
-        transform = self.transform()
-        if transform is not None:
-            images = transform(images.to(self.device)).cpu()
-        return images, labels, {"num-examples": len(labels), **self._transform_metrics(transform)}
-
-    # -- exchange = activations (split learning) -----------------------------------------
-    def client_layers(self, weights: dict[str, torch.Tensor]):
-        client_part, _ = split_model(self.model(), self.config.cut_layer)
-        client_part.load_state_dict(weights)
-        optimizer = make_optimizer(self.config.optimizer, client_part.parameters(), self.config.learning_rate)
-        return client_part, optimizer
-
-    def split_batch(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor, ImageTransform | None]:
-        """This round's images as the client layers see them (transformed, still uint8), on
-        the device, with their labels; seeded, so a recompute gives the very same shuffle."""
-        images, labels, seed = self._batch(server_round)
-        transform = self.transform(seed)
-        images = images.to(self.device)
-        if transform is not None:
-            images = transform(images)
-        return images, labels, transform
-
-    def client_forward(self, client_part: torch.nn.Module, server_round: int):
-        """Activations of the client layers; also returns the obfuscated batch, which the
-        caller keeps for the backward pass instead of obfuscating it again."""
-        images, labels, transform = self.split_batch(server_round)
-        client_part.train()
-        with torch.no_grad():
-            activations = client_part(to_model_input(images)).float().cpu()
-        metrics = {"num-examples": len(labels), **self._transform_metrics(transform)}
-        return activations, labels, metrics, images.cpu()
-
-    def client_backward(
-        self, client_part, optimizer, server_round: int, gradient: torch.Tensor,
-        ledger: PrivacyLedger | None = None, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> dict:
-        """Apply the server's gradient at the cut to the client layers: one step, wrapped by
-        the defense's private training (recorded in ``ledger``) when it has one. ``batch`` is
-        the transformed batch the forward pass used; without it the batch is drawn again."""
-        if batch is None:
-            images, labels, _ = self.split_batch(server_round)
-        else:
-            images, labels = batch
-        x = to_model_input(images.to(self.device))
-        private = self.defense.private_training(
-            self.config, client_part, optimizer, sample_rate=self.split_sample_rate, steps=1,
-            expected_batch_size=self.config.upload_samples or len(self.train_set),
-            ledger=ledger if ledger is not None else PrivacyLedger(),
-        )
-        if private is not None and private.stopped is not None:
-            return {"num-examples": len(labels), **private.stopped}
-        if private is not None:
-            client_part, optimizer = private.module, private.optimizer
-        client_part.train()
-        activations = client_part(x)
-        if gradient.shape != activations.shape:
-            raise ValueError(
-                f"gradient shape {tuple(gradient.shape)} does not match the activations "
-                f"{tuple(activations.shape)} of round {server_round}"
-            )
-        if not bool(torch.isfinite(gradient).all()):
-            raise ValueError(f"the server's gradient of round {server_round} holds non-finite values: not applied")
-        optimizer.zero_grad(set_to_none=True)
-        activations.backward(gradient.to(self.device, activations.dtype))
-        optimizer.step()
-        return {"num-examples": len(labels), **(private.metrics() if private is not None else {})}
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluation_set(self) -> EvaluationSet:
@@ -246,7 +140,8 @@ class Node:
         images = obfuscate_once(held.images, transform_for_seed, seed, self.device)
         return images, held.labels, transform_cost(self.defense, self.config, transforms)
 
-    def _evaluate(self, model: torch.nn.Module, held: EvaluationSet | None) -> dict:
+    def evaluate_built(self, model: torch.nn.Module, held: EvaluationSet | None = None) -> dict:
+        """Accuracy and loss of ``model`` on ``held`` (:meth:`evaluation_set` by default)."""
         images, labels, cost = held if held is not None else self.evaluation_set()
         accuracy, loss = evaluate(model, images, labels, device=self.device)
         return {"num-examples": len(labels), "eval-accuracy": accuracy, "eval-loss": loss, **cost}
@@ -254,13 +149,4 @@ class Node:
     def evaluate_model(self, state: dict[str, torch.Tensor], held: EvaluationSet | None = None) -> dict:
         """Federated evaluation of the global model; ``held`` is :meth:`evaluation_set`'s
         result when the caller kept it (computed here otherwise)."""
-        return self._evaluate(self.model(state), held)
-
-    def evaluate_split(
-        self, client_part: torch.nn.Module, server_state: dict[str, torch.Tensor], held: EvaluationSet | None = None
-    ) -> dict:
-        model = self.model()
-        cut = self.config.cut_layer
-        model[:cut].load_state_dict(client_part.state_dict())
-        model[cut:].load_state_dict(server_state)
-        return self._evaluate(model, held)
+        return self.evaluate_built(self.model(state), held)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import torch
 
+from common.protocol import QUERY_ACTIVATIONS, QUERY_IMAGES
+
 
 class PayloadError(ValueError):
     """An upload that must not be used; the message says why."""
@@ -42,7 +44,7 @@ def check_images(
     arrays: Mapping[str, torch.Tensor], image_shape: tuple[int, ...], num_classes: int, max_samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Obfuscated uint8 images (N, C, H, W) and their labels, and nothing else."""
-    check_array_keys(arrays, {"images", "labels"})
+    check_array_keys(arrays, QUERY_IMAGES.replies)
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != torch.uint8:
         # uint8 is the only encoding whose range (0..255) is guaranteed by the dtype itself.
@@ -71,7 +73,7 @@ def check_activations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut-layer activations (N, *activation_shape), float32, finite and within ``max_abs``,
     and their labels, and nothing else."""
-    check_array_keys(arrays, {"activations", "labels"})
+    check_array_keys(arrays, QUERY_ACTIVATIONS.replies)
     activations, labels = arrays["activations"], arrays["labels"]
     if activations.dtype != torch.float32:
         raise PayloadError(f"activations must be float32, got {activations.dtype}")
@@ -130,7 +132,7 @@ def check_metrics(
     return checked
 
 
-def check_array_keys(arrays: Mapping[str, torch.Tensor], expected: set[str]) -> None:
+def check_array_keys(arrays: Mapping[str, torch.Tensor], expected: set[str] | frozenset[str]) -> None:
     """Exactly the arrays the protocol names: nothing missing, nothing extra to store."""
     if set(arrays) != expected:
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)

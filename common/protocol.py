@@ -44,13 +44,32 @@ QUERY_ACTIVATIONS = Message(
 APPLY_GRADIENTS = Message("train", "apply_gradients", frozenset({GRADIENTS}), None, frozenset({"num-examples"}))
 EVALUATE = Message("evaluate", None, None, frozenset(), frozenset({"num-examples", "eval-accuracy", "eval-loss"}))
 
-# Exchange name (run-config ``exchange``) -> the messages of one round, in order.
-EXCHANGES: dict[str, tuple[Message, ...]] = {
-    "images": (QUERY_IMAGES, EVALUATE),
-    "activations": (QUERY_ACTIVATIONS, APPLY_GRADIENTS, EVALUATE),
-    "weights": (TRAIN, EVALUATE),
+@dataclass(frozen=True)
+class Exchange:
+    """One way clients take part: the messages of one round, in order, and what the server
+    trains itself (``model``: the whole model on uploads; ``top``: the layers after the cut;
+    ``None``: nothing, it aggregates)."""
+
+    name: str
+    messages: tuple[Message, ...]
+    server_trains: str | None
+
+    @property
+    def server_holds_model(self) -> bool:
+        """Whether the server holds every layer (and so can score the model centrally)."""
+        return self.server_trains != "top"
+
+
+# Run-config ``exchange`` -> its protocol.
+EXCHANGES: dict[str, Exchange] = {
+    e.name: e
+    for e in (
+        Exchange("images", (QUERY_IMAGES, EVALUATE), "model"),
+        Exchange("activations", (QUERY_ACTIVATIONS, APPLY_GRADIENTS, EVALUATE), "top"),
+        Exchange("weights", (TRAIN, EVALUATE), None),
+    )
 }
-MESSAGES: dict[str, Message] = {m.type: m for messages in EXCHANGES.values() for m in messages}
+MESSAGES: dict[str, Message] = {m.type: m for e in EXCHANGES.values() for m in e.messages}
 
 # Every metric a reply may carry besides a defense's own: (type, lowest, highest).
 METRICS: dict[str, tuple[type, float, float | None]] = {

@@ -13,6 +13,7 @@ import torch
 from common.augment import CLEAN_MAX_SHIFT, augmenter
 from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
+from common.protocol import EXCHANGES
 from common.run_config import ConfigError, RunConfig
 from common.run_store import RunStore
 from common.training import (
@@ -75,7 +76,7 @@ class ServerTrainer:
         self.model = build_model(
             cfg.model, self.channels, self.num_classes, cfg.image_size, cfg.region_size, cfg.input_norm
         ).to(self.device)
-        if cfg.exchange in ("images", "activations"):
+        if EXCHANGES[cfg.exchange].server_trains is not None:
             self.optimizer = make_optimizer(cfg.optimizer, self.trained_part.parameters(), cfg.learning_rate)
         self.store = RunStore(cfg.output_dir, cfg.run_name)
         self._load_test_set()
@@ -95,7 +96,7 @@ class ServerTrainer:
     @property
     def trained_part(self) -> torch.nn.Module:
         """What the server itself trains: the top in split learning, else the whole model."""
-        return self.server_part if self.config.exchange == "activations" else self.model
+        return self.server_part if EXCHANGES[self.config.exchange].server_trains == "top" else self.model
 
     def activation_shape(self) -> tuple[int, ...]:
         with torch.no_grad():
@@ -202,7 +203,7 @@ class ServerTrainer:
 
         Not available in split learning: the server holds only the top of the model.
         """
-        if self.test_set is None or self.config.exchange == "activations":
+        if self.test_set is None or not EXCHANGES[self.config.exchange].server_holds_model:
             return {}
         images = self.central_eval_images()
         accuracy, loss = evaluate(self.model, images, self.test_set.labels, device=self.device)

@@ -37,8 +37,10 @@ import torch
 from tqdm import tqdm
 
 from common.attacks import (
+    NON_ADAPTIVE,
     cached_recogniser,
     client_update,
+    get_attack,
     invert_gradients,
     link_originals,
     match,
@@ -53,6 +55,7 @@ from common.attacks import (
     train_statistics_classifier,
 )
 from common.attacks.metrics import as_unit
+from common.attacks.registry import names
 from common.data import ImageSet, load_dataset
 from common.models import build_model, split_model
 from common.training import evaluate, resolve_device
@@ -60,9 +63,6 @@ from common.visualmixer import VisualMixer
 
 # Fewest images an attack must be scored on for its recognition rate to pick the best attack.
 MIN_RANKED_IMAGES = 32
-# What a person, or a model trained on ordinary images, does with what it is given. Every
-# other attack knows the algorithm and its settings (adaptive).
-NON_ADAPTIVE = frozenset({"observed", "mosaic", "gradient-inversion", "gi+mosaic"})
 
 
 def _rows(out: Path, name: str) -> list[dict]:
@@ -193,7 +193,7 @@ class AttackStage:
             found["mosaic"] = (mosaic_attack(observed, arm.region_size), x, y)
             with torch.no_grad():
                 found["inverse-net"] = (self.inverse_net(arm)(as_unit(observed)), x, y)
-        kinds = ("statistics", "statistics-obf", "mosaic-trained", "obfuscation-trained") if mixer is not None else ("statistics",)
+        kinds = names(output="labels") if mixer is not None else ("statistics",)
         classified = {kind: (recognition_accuracy(self.adaptive(kind, arm), observed, y), len(y)) for kind in kinds}
         pool = self.candidates
         linked = link_originals(observed, pool, arm.region_size, region_scope=arm.region_scope)
@@ -294,6 +294,8 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
             else:
                 found = stage.weights_attacks(arm, model, last.get("noise-multiplier-min"))
         rates: dict[str, tuple[float, int]] = dict(classified)
+        for attack in [*found, *classified]:
+            get_attack(attack)  # every result column is a registered attack's name
         for attack, (rec, originals, labels) in found.items():
             scores = score(rec, originals, arm.region_size)
             rates[attack] = (recognition_accuracy(stage.recogniser, rec, labels), len(labels))

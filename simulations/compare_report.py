@@ -11,12 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.attacks.registry import NON_ADAPTIVE, names  # noqa: E402
+from common.protocol import EXCHANGES  # noqa: E402
 from common.run_store import package_versions  # noqa: E402
-from simulations.compare_attacks import MIN_RANKED_IMAGES, NON_ADAPTIVE  # noqa: E402
+from simulations.compare_attacks import MIN_RANKED_IMAGES  # noqa: E402
 
-ATTACKS = ("observed", "mosaic", "inverse-net", "feature-inversion", "gradient-inversion", "gi+mosaic", "gi+inverse-net")
+ATTACKS = names(output="reconstruction")
 # Attacks that label images themselves (no reconstruction, so no PSNR / SSIM).
-CLASSIFIERS = ("statistics", "statistics-obf", "mosaic-trained", "obfuscation-trained")
+CLASSIFIERS = names(output="labels")
 BASE_COLUMNS = (
     "arm", "exchange", "defense", "setting", "status", "test_accuracy", "accuracy_source", "accuracy_loss",
     "epsilon", "mean_vfe", "seconds_per_round", "bytes_per_round",
@@ -129,7 +131,7 @@ def write_markdown(results: dict, path: Path, command: str, info: dict) -> None:
         f"Only attacks scored on at least {MIN_RANKED_IMAGES} images are ranked.",
         "",
     ]
-    for exchange in ("images", "activations", "weights"):
+    for exchange in EXCHANGES:
         if any(r["exchange"] == exchange for r in rows):
             lines += [f"## exchange = {exchange}", "", *_table(rows, exchange), ""]
     lines += ["## Published anchors (not comparable one to one: model size and training length differ)", ""]

@@ -13,10 +13,10 @@ Scored on ``--victims`` test images, obfuscated with the setting:
 * non-adaptive: ``observed`` and ``mosaic`` labelled by a clean-trained recogniser
   (augmented, cached under ``--cache``).
 * adaptive: ``statistics`` (region statistics no in-region shuffle changes, classifier
-  trained on clean public images), ``statistics_obf`` (the same with the setting's region
-  moves, trained on obfuscated public images), ``mosaic_trained`` (a recogniser trained on
+  trained on clean public images), ``statistics-obf`` (the same with the setting's region
+  moves, trained on obfuscated public images), ``mosaic-trained`` (a recogniser trained on
   mosaics of public images), ``linkage`` (the original found among ``--pool`` candidates).
-* reconstruction: ``inverse`` (the recogniser on what a U-Net trained on public images
+* reconstruction: ``inverse-net`` (the recogniser on what a U-Net trained on public images
   obfuscated with the setting, region moves included, makes of the victims' images) and
   its ``inverse_psnr`` (dB) against the originals.
 * ``floor``: global colour alone (region = the whole image), which nothing here changes.
@@ -48,6 +48,7 @@ from common.attacks import (
     train_statistics_classifier,
 )
 from common.attacks.metrics import as_unit
+from common.attacks.registry import NON_ADAPTIVE, get_attack
 from common.data import load_dataset
 from common.models import build_model
 from common.training import evaluate, make_optimizer, resolve_device, train_steps
@@ -117,38 +118,43 @@ def measure(setting, train, public, victims, pool, recogniser, floor: float, arg
         adaptive = train_statistics_classifier(obfuscated_public, public.labels, train.num_classes, region_size=region,
                                                chromatic=chromatic, region_scope=scope, steps=args.statistics_steps,
                                                seed=args.seed)
-        row["statistics_obf"] = recognition_accuracy(adaptive, observed, y)
+        row["statistics-obf"] = recognition_accuracy(adaptive, observed, y)
         # Without the chromatic shuffle each channel's region mean survives, so that
         # attacker learns on colour mosaics; with it, on the grey ones it can read.
         if (region, chromatic) not in mosaic_nets:
             mosaic_nets[region, chromatic] = train_mosaic_recogniser(
                 public.images, public.labels, train.num_classes, region, chromatic,
                 steps=args.adaptive_steps, device=device, seed=args.seed)
-        row["mosaic_trained"] = recognition_accuracy(mosaic_nets[region, chromatic], observed, y)
+        row["mosaic-trained"] = recognition_accuracy(mosaic_nets[region, chromatic], observed, y)
         if args.inverse_steps:
             inverse = train_inverse_network(public.images, mixer_with(args.seed + 11), steps=args.inverse_steps,
                                             device=device, seed=args.seed).cpu().eval()
             with torch.no_grad():
                 rebuilt = torch.cat([inverse(as_unit(chunk)) for chunk in observed.split(250)])
-            row["inverse"] = recognition_accuracy(recogniser, rebuilt, y)
+            row["inverse-net"] = recognition_accuracy(recogniser, rebuilt, y)
             row["inverse_psnr"] = float(psnr(rebuilt, as_unit(victims.images)).mean())
     linked = link_originals(observed, pool, region, chromatic=chromatic, region_scope=scope)
     row["linkage"] = float((linked == torch.arange(len(y))).float().mean())
     row["floor"] = floor
-    non_adaptive = max(row["observed"], row["mosaic"])
-    adaptive_best = max(v for k, v in row.items()
-                        if k in ("observed", "mosaic", "statistics", "statistics_obf", "mosaic_trained", "inverse"))
+    non_adaptive = max(v for k, v in row.items() if k in RANKED and k in NON_ADAPTIVE)
+    adaptive_best = max(v for k, v in row.items() if k in RANKED)
     row["best_non_adaptive"], row["best_adaptive"] = non_adaptive, adaptive_best
     row["adaptive_above_floor"] = round(adaptive_best - floor, 4)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
+# Attacks whose recognition rates are ranked (registry names; common/attacks/registry.py).
+RANKED = tuple(get_attack(name).name for name in (
+    "observed", "mosaic", "statistics", "statistics-obf", "mosaic-trained", "inverse-net"))
+# Keys of frontier files written before the attacks took their registry names.
+LEGACY_KEYS = {"statistics_obf": "statistics-obf", "mosaic_trained": "mosaic-trained", "inverse": "inverse-net"}
+
 # (column header, row key); absent keys (no adaptive attack without a defense) print "-".
 TABLE = (
     ("setting", "setting"), ("mean VFE", "mean_vfe"), ("test accuracy", "test_accuracy"),
     ("observed", "observed"), ("mosaic", "mosaic"), ("statistics", "statistics"),
-    ("statistics, obfuscation-trained", "statistics_obf"), ("mosaic-trained", "mosaic_trained"),
-    ("inverse network", "inverse"), ("inverse PSNR (dB)", "inverse_psnr"),
+    ("statistics, obfuscation-trained", "statistics-obf"), ("mosaic-trained", "mosaic-trained"),
+    ("inverse network", "inverse-net"), ("inverse PSNR (dB)", "inverse_psnr"),
     ("best non-adaptive", "best_non_adaptive"), ("best adaptive", "best_adaptive"),
     ("best adaptive above floor", "adaptive_above_floor"), ("linkage", "linkage"),
 )
@@ -156,7 +162,7 @@ TABLE = (
 
 def markdown_table(lines: list[dict]) -> str:
     """The rows of a frontier file (its head lines skipped) as a markdown table."""
-    rows = [r for r in lines if "setting" in r]
+    rows = [{LEGACY_KEYS.get(k, k): v for k, v in r.items()} for r in lines if "setting" in r]
     text = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
     for row in rows:
         cells = [row.get(k, "-") for _, k in TABLE]

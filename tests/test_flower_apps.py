@@ -117,16 +117,16 @@ def test_split_learning_resume_sends_the_last_mean_client_layers_to_nodes_that_l
 def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path):
     """The backward pass trains on exactly the obfuscated batch the server saw activations
     of: the one kept in context.state, or (when a node lost it) the same seeded redraw."""
-    from client.client_app import SPLIT_BATCH, _split_batch
-    from client.node import Node
+    from client.exchanges import client_exchange
+    from client.exchanges.activations import SPLIT_BATCH
 
     grid, _, _, _ = run(tmp_path, "split-batch", exchange="activations", **{"num-server-rounds": 1})
     context = grid.contexts[1]
-    stored = _split_batch(context, 1)
-    assert stored is not None and _split_batch(context, 2) is None  # keyed by round
+    exchange = client_exchange(context)
+    stored = exchange.stored_batch(1)
+    assert stored is not None and exchange.stored_batch(2) is None  # keyed by round
     uploads = [r.content["arrays"] for r in grid.received if "arrays" in r.content]
-    node = Node.from_context(context)
-    redrawn, labels, _ = node.split_batch(1)  # on the node's device (CUDA where present)
+    redrawn, labels, _ = exchange.split_batch(1)  # on the node's device (CUDA where present)
     assert torch.equal(redrawn.cpu(), stored[0]) and torch.equal(labels.cpu(), stored[1])
     assert any(torch.equal(torch.from_numpy(u["labels"].numpy()), stored[1]) for u in uploads)
     assert context.state[SPLIT_BATCH]["images"].numpy().dtype == np.uint8
@@ -145,22 +145,22 @@ def _evaluation_metrics(grid) -> dict[int, list[dict]]:
 def test_federated_evaluation_uses_one_obfuscated_copy_per_run(tmp_path, monkeypatch, keep):
     """A node obfuscates its held-out split once (seeded) and keeps the copy in
     context.state; one too large to keep is made again each round, identical."""
-    from client import client_app
+    from client.exchanges import base as client_base
     from client.node import Node
     from common.visualmixer import visual_feature_entropy
 
     if not keep:
-        monkeypatch.setattr(client_app, "EVAL_CACHE_BYTES", 0)
+        monkeypatch.setattr(client_base, "EVAL_CACHE_BYTES", 0)
     grid, rows, _, _ = run(tmp_path, f"eval-{keep}", exchange="images")
     for node, metrics in _evaluation_metrics(grid).items():
         assert len(metrics) == 2 and metrics[0]["obfuscation-seconds"] > 0
         assert (metrics[1]["obfuscation-seconds"] == 0) == keep
         assert metrics[0]["obfuscation-retries"] >= 0 and (metrics[1]["obfuscation-retries"] == 0 or not keep)
         context = grid.contexts[node]
-        assert (client_app.EVAL_SET in context.state) == keep
+        assert (client_base.EVAL_SET in context.state) == keep
         images, labels, _ = Node.from_context(context).evaluation_set()
         if keep:
-            record = context.state[client_app.EVAL_SET]
+            record = context.state[client_base.EVAL_SET]
             assert torch.equal(torch.from_numpy(record["images"].numpy()), images)
             assert torch.equal(torch.from_numpy(record["labels"].numpy()), labels)
         assert bool((visual_feature_entropy(images) >= 0.8).all())

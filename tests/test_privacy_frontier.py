@@ -10,7 +10,7 @@ import pytest
 from simulations import privacy_frontier
 
 ATTACKS = ("observed", "mosaic", "statistics")
-ADAPTIVE = ("statistics_obf", "mosaic_trained", "inverse")
+ADAPTIVE = ("statistics-obf", "mosaic-trained", "inverse-net")
 
 
 def test_frontier_writes_a_row_per_setting_with_every_attack(tmp_path, capsys, monkeypatch):

@@ -155,17 +155,22 @@ def test_the_server_never_sends_a_non_finite_gradient(tmp_path):
 
 
 def test_a_node_refuses_a_non_finite_gradient(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from client.exchanges.activations import ActivationsClient
     from client.node import Node
 
     config = parse_run_config({**FAST, "exchange": "activations", "defense": "none"})
     train_set, held_out = client_partition("shapes", "", 0, 4, "iid", 0.5, 0)
     node = Node(config, 0, train_set, held_out, torch.device("cpu"))
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    exchange = ActivationsClient(node, context)
     client_part = split_model(node.model(), config.cut_layer)[0]
     optimizer = torch.optim.SGD(client_part.parameters(), lr=0.1)
-    activations, labels, _, batch = node.client_forward(client_part, 1)
+    activations, labels, _, batch = exchange.client_forward(client_part, 1)
     before = [p.detach().clone() for p in client_part.parameters()]
     with pytest.raises(ValueError, match="non-finite values: not applied"):
-        node.client_backward(client_part, optimizer, 1, torch.full_like(activations, float("nan")), batch=(batch, labels))
+        exchange.client_backward(client_part, optimizer, 1, torch.full_like(activations, float("nan")), batch=(batch, labels))
     assert all(torch.equal(a, b) for a, b in zip(before, client_part.parameters()))
 
 

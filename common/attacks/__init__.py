@@ -17,7 +17,8 @@ clean public images (:mod:`.recognition`).
 9. :func:`train_obfuscation_recogniser` adaptive: trained on public images obfuscated alike
 
 Attacks 6 to 9 know the algorithm and its settings (adaptive); 1 and 5 are what a person
-or an off-the-shelf model does with what it is given (non-adaptive).
+or an off-the-shelf model does with what it is given (non-adaptive). :data:`ATTACKS`
+(:mod:`.registry`) names every attack the comparison and the frontier run.
 """
 
 from .adaptive import MosaicRecogniser, train_mosaic_recogniser, train_obfuscation_recogniser
@@ -27,6 +28,7 @@ from .inverse_network import InverseUNet, train_inverse_network
 from .metrics import psnr, score, ssim
 from .mosaic import mosaic_attack
 from .recognition import cached_recogniser, flip_and_shift, recognition_accuracy, train_recogniser
+from .registry import ATTACKS, NON_ADAPTIVE, Attack, get_attack
 from .statistics import (
     StatisticsClassifier,
     group_invariant,
@@ -36,6 +38,10 @@ from .statistics import (
 )
 
 __all__ = [
+    "ATTACKS",
+    "NON_ADAPTIVE",
+    "Attack",
+    "get_attack",
     "InverseUNet",
     "MosaicRecogniser",
     "StatisticsClassifier",
