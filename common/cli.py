@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .defaults import DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE
+from .defaults import DEFAULT_TARGET_VFE, region_size_to_crop
 
 # torch, PIL and the transform are imported by the commands that use them, so that
 # `visualmixer --help` answers at once.
@@ -49,10 +49,12 @@ def _load_all(paths: list[str]) -> tuple[list[tuple[str, torch.Tensor]], int]:
     return loaded, failures
 
 
-def _crop_to_regions(image: torch.Tensor, region_size: int) -> torch.Tensor:
-    """Crop the bottom/right remainder so the regions tile the image (CLI convenience)."""
+def _crop_to_regions(image: torch.Tensor, region_size: int | None) -> tuple[torch.Tensor, int]:
+    """The image cropped at the bottom/right so that regions tile it, and the region side
+    (``region_size``, or a quarter of the shorter side as a power of two)."""
     h, w = image.shape[-2:]
-    return image[:, : h - h % region_size, : w - w % region_size]
+    region_size = region_size or region_size_to_crop(h, w)
+    return image[:, : h - h % region_size, : w - w % region_size], region_size
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -79,15 +81,15 @@ def _comparison(originals: list[torch.Tensor], mixed: list[torch.Tensor]) -> tor
 def cmd_obfuscate(args: argparse.Namespace) -> int:
     from .visualmixer import VisualMixer
 
-    mixer = VisualMixer(args.target_vfe, region_size=args.region_size, seed=args.seed)
+    VisualMixer(args.target_vfe, region_size=args.region_size, seed=args.seed)  # bad settings: exit 2 at once
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded, failures = _load_all(args.images)
     originals, mixed = [], []
     for path, image in loaded:
         try:
-            image = _crop_to_regions(image, args.region_size)
-            result = mixer.obfuscate(image)
+            image, region_size = _crop_to_regions(image, args.region_size)
+            result = VisualMixer(args.target_vfe, region_size=region_size, seed=args.seed).obfuscate(image)
         except ValueError as err:
             print(f"error: {path}: {err}", file=sys.stderr)
             failures += 1
@@ -109,7 +111,7 @@ def cmd_vfe(args: argparse.Namespace) -> int:
     loaded, failures = _load_all(args.images)
     for path, image in loaded:
         try:
-            value = visual_feature_entropy(_crop_to_regions(image, args.region_size), args.region_size)
+            value = visual_feature_entropy(*_crop_to_regions(image, args.region_size))
         except ValueError as err:
             print(f"error: {path}: {err}", file=sys.stderr)
             failures += 1
@@ -150,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    region = {"type": int, "default": DEFAULT_REGION_SIZE, "help": "side of the square regions, in pixels"}
+    region = {"type": int, "default": None,
+              "help": "side of the square regions, in pixels (default: a quarter of the shorter side, "
+                      "rounded down to a power of two that divides both sides, as runs of the app use)"}
     obf = sub.add_parser(
         "obfuscate", help="write obfuscated PNGs and comparison.png",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -35,7 +35,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .visualmixer.invariants import default_region_size, region_statistics
+from .defaults import default_region_size
+from .visualmixer.invariants import region_statistics
 
 # What a model does to its [0, 1] input before its first layer (the ``input-norm`` key):
 # ``image`` standardises each image by the mean and deviation of all its values, channels

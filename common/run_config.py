@@ -21,14 +21,15 @@ from typing import Any
 
 from .augment import AUGMENTATIONS
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from .defaults import MAX_TARGET_VFE
+from .defaults import MAX_TARGET_VFE, default_region_size
 from .defenses import DEFENSES, Defense, DefenseConfigError, get_defense
 from .models import INPUT_NORMS, MODELS, num_stages
 from .protocol import EXCHANGES
 from .training import OPTIMIZERS
-from .visualmixer.invariants import default_region_size
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+# The wheel carries a copy of pyproject.toml here (tool.hatch.build.targets.wheel.force-include).
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "app_pyproject.toml"
 PARTITIONINGS = ("iid", "dirichlet")
 # Run-config name -> class of ``flwr.serverapp.strategy`` (resolved by the server, so that
 # nothing here imports Flower).
@@ -136,12 +137,13 @@ class RunConfig:
 
 @lru_cache(maxsize=1)
 def app_defaults() -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the app's pyproject.toml (empty when it is not there,
-    e.g. the package installed without its app files)."""
-    if not PYPROJECT.exists():
-        return {}
-    with PYPROJECT.open("rb") as f:
-        return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml: the source tree's, else the
+    copy an installed wheel carries (``PACKAGED_DEFAULTS``); empty when neither is there."""
+    for path in (PYPROJECT, PACKAGED_DEFAULTS):
+        if path.exists():
+            with path.open("rb") as f:
+                return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+    return {}
 
 
 def _choice(key: str, value: Any, allowed: Mapping[str, Any] | tuple[str, ...]) -> str:
@@ -188,7 +190,10 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     merged = {**app_defaults(), **raw}
     missing = [k.replace("_", "-") for k in fields if k != "defense_options" and k.replace("_", "-") not in merged]
     if missing:
-        raise ConfigError(f"run-config has no value for {', '.join(missing)} and no pyproject.toml defaults")
+        raise ConfigError(
+            f"run-config has no value for {', '.join(missing)} and no pyproject.toml defaults "
+            f"(looked for {PYPROJECT} and {PACKAGED_DEFAULTS})"
+        )
     value = merged.get
     exchange = _choice("exchange", value("exchange"), EXCHANGES)
     defense = _choice("defense", value("defense"), DEFENSES)

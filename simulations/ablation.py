@@ -35,10 +35,10 @@ import torch
 
 from common.augment import augmenter
 from common.data import load_dataset
+from common.defaults import default_region_size
 from common.models import DEFAULT_INPUT_NORM, INPUT_NORMS, build_model
 from common.training import evaluate, make_optimizer, train_steps
 from common.visualmixer import DEFAULT_TARGET_VFE, VisualMixer
-from common.visualmixer.invariants import default_region_size
 
 # study -> arms (model, optimizer, target VFE or None for clean, region scope, recipe)
 STUDIES = {

@@ -34,10 +34,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.data import DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSet, load_dataset
+from common.defaults import default_region_size
 from common.defenses import get_defense
 from common.models import MODELS
 from common.run_config import EXCHANGES
-from common.visualmixer.invariants import default_region_size
 from server.flwr_cli import local_superlinks, stop_local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ import torch
 from torchvision.utils import save_image
 
 from common.data import load_dataset
+from common.defaults import default_region_size
 from common.visualmixer import DEFAULT_TARGET_VFE, VisualMixer, visual_feature_entropy
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--target-vfe", type=float, default=DEFAULT_TARGET_VFE)
-    parser.add_argument("--region-size", type=int, default=8)
+    parser.add_argument("--region-size", type=int, default=None, help="default: image side / 4 (8 px here)")
     parser.add_argument("--num-images", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -32,15 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     # One image per class, in class order.
     index = torch.stack([(data.labels == k).nonzero()[0, 0] for k in range(data.num_classes)])
     images = data.images[index[: args.num_images]]
-    mixer = VisualMixer(args.target_vfe, region_size=args.region_size, seed=args.seed)
+    region = args.region_size or default_region_size(*images.shape[-2:])
+    mixer = VisualMixer(args.target_vfe, region_size=region, seed=args.seed)
     result = mixer.obfuscate(images)
-    before = visual_feature_entropy(images, args.region_size)
+    before = visual_feature_entropy(images, region)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = torch.cat([images, result.images]).float() / 255
     save_image(grid, out / "comparison.png", nrow=len(images), padding=2, pad_value=1.0)
-    print(f"target VFE {args.target_vfe}, region size {args.region_size}")
+    print(f"target VFE {args.target_vfe}, region size {region}")
     for k, i in enumerate(index[: args.num_images]):
         plan = result.block_size[k].flatten().tolist()
         print(

@@ -69,7 +69,7 @@ def test_flat_regions_are_excluded():
     assert torch.isnan(regions[0, :, 1:, :]).all() and torch.isnan(regions[0, :, 0, 1]).all()
     # The image VFE is the mean over the one textured region only.
     expected = regions[0, :, 0, 0].mean()
-    torch.testing.assert_close(visual_feature_entropy(x)[0], expected)
+    torch.testing.assert_close(visual_feature_entropy(x, 8)[0], expected)
     # An all-flat image has nothing to scramble.
     assert visual_feature_entropy(torch.full((3, 8, 8), 7, dtype=torch.uint8)).item() == 1.0
 
@@ -128,3 +128,20 @@ def test_vfe_ignores_a_lowered_float32_matmul_precision(shapes_batch, device, pr
         torch.set_float32_matmul_precision(saved)
     torch.testing.assert_close(lowered, exact, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(result.vfe.cpu(), measured, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("side, region", [(16, 4), (32, 8), (64, 16), (224, 32), (96, 16)])
+def test_without_a_region_size_every_function_uses_the_apps_default(side, region):
+    """One default everywhere: a quarter of the side as a power of two that divides it, as a
+    run of the app at that image-size uses (common.defaults.default_region_size)."""
+    from common.attacks import mosaic_attack
+    from common.run_config import parse_run_config
+    from common.visualmixer import VisualMixer
+
+    images = torch.randint(0, 256, (2, 3, side, side), dtype=torch.uint8)
+    assert parse_run_config({"image-size": side}).region_size == region
+    torch.testing.assert_close(visual_feature_entropy(images), visual_feature_entropy(images, region))
+    assert region_vfe(images).shape[-1] == side // region
+    assert torch.equal(mosaic_attack(images), mosaic_attack(images, region))
+    mixed = VisualMixer(0.8, seed=1)(images)
+    assert torch.equal(mixed, VisualMixer(0.8, region_size=region, seed=1)(images))

@@ -212,7 +212,7 @@ def test_region_scope_must_divide_the_grid(shapes_batch):
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize("r", [2, 4, 8, 16])
 def test_region_tiling_round_trips_any_layout(dtype, r):
-    from common.visualmixer.vfe import from_regions, to_regions
+    from common.visualmixer._layout import from_regions, to_regions
 
     x = torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8).to(dtype)
     for batch in (x, x[1:], x.permute(0, 1, 3, 2).contiguous().transpose(2, 3)):
@@ -242,12 +242,12 @@ def test_each_rung_deals_its_regions_evenly_to_a_fresh_pool(either_shuffle):
 
     ramp = (torch.arange(64, dtype=torch.uint8) * 4).view(1, 1, 8, 8)
     batch = ramp.expand(512, 1, 8, 8).contiguous()
-    first = obfuscate(batch, 0.3, block_sizes=(1,), seed=3)
+    first = obfuscate(batch, 0.3, region_size=8, block_sizes=(1,), seed=3)
     assert bool((first.block_size == 1).all()) and bool(first.met_target.all())
     arrangements, counts = first.images.flatten(1).unique(dim=0, return_counts=True)
     assert len(arrangements) == 512 // REUSE and bool((counts == REUSE).all())
     assert torch.equal(arrangements.sort(1).values, ramp.flatten(1).expand(len(arrangements), 64))
-    second = obfuscate(batch, 0.3, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
+    second = obfuscate(batch, 0.3, region_size=8, block_sizes=(1,), seed=4).images.flatten(1).unique(dim=0)
     assert len(set(map(tuple, arrangements.tolist())) & set(map(tuple, second.tolist()))) == 0
 
 
@@ -258,7 +258,7 @@ def test_coarse_rungs_move_whole_blocks(dtype, block, either_shuffle):
     uint8 and float32 paths move block rows as machine words, float64 as values)."""
     ramp = (torch.arange(64) * 4).view(8, 8)  # distinct values, smooth: every region moves
     images = ramp.repeat(32, 1, 2, 2).to(torch.uint8).to(dtype)  # (32, 1, 16, 16)
-    result = obfuscate(images, 0.9, block_sizes=(block,), chromatic=False, seed=1)
+    result = obfuscate(images, 0.9, region_size=8, block_sizes=(block,), chromatic=False, seed=1)
     moved = result.block_size.flatten() == block
     assert bool(moved.all())
 
@@ -335,7 +335,7 @@ def test_plan_margin_shrinks_with_the_number_of_regions(shapes_batch):
     large = torch.nn.functional.interpolate(small.float(), size=128, mode="bilinear").round().to(torch.uint8)
     excess = {}
     for name, images in (("small", small), ("large", large)):
-        result = obfuscate(images, 0.6, seed=0)
+        result = obfuscate(images, 0.6, region_size=8, seed=0)  # more regions on the larger images
         assert bool(result.met_target.all())
         excess[name] = float((result.vfe - 0.6).mean())
     assert excess["large"] < 0.5 * excess["small"]  # a fixed margin of 0.02 gives ~0.7

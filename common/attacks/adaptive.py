@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from common.defaults import default_region_size
+
 from .mosaic import mosaic_attack
 from .recognition import train_recogniser
 
@@ -35,7 +37,7 @@ def train_mosaic_recogniser(
     public_images: torch.Tensor,
     public_labels: torch.Tensor,
     num_classes: int,
-    region_size: int = 8,
+    region_size: int | None = None,
     chromatic: bool = True,
     **train: object,
 ) -> MosaicRecogniser:
@@ -47,6 +49,7 @@ def train_mosaic_recogniser(
     knows what classes look like at that resolution. Region moves (``region_scope``)
     scramble the mosaic it reads. ``train``: :func:`train_recogniser`'s settings.
     """
+    region_size = region_size or default_region_size(*public_images.shape[-2:])
     mosaics = torch.cat([mosaic_attack(public_images[i : i + 1024], region_size, chromatic)
                          for i in range(0, len(public_images), 1024)])
     classifier = train_recogniser(mosaics, public_labels, num_classes, **train).cpu()

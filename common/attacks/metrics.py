@@ -33,7 +33,7 @@ def ssim(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return _ssim(as_unit(reconstruction), as_unit(original), data_range=1.0, size_average=False)
 
 
-def score(reconstruction: torch.Tensor, original: torch.Tensor, region_size: int = 8) -> dict[str, float]:
+def score(reconstruction: torch.Tensor, original: torch.Tensor, region_size: int | None = None) -> dict[str, float]:
     """Mean PSNR, SSIM and VFE of a batch of reconstructions against the originals."""
     return {
         "psnr": float(psnr(reconstruction, original).mean()),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from common.defaults import default_region_size
+
 from .metrics import as_unit
 
 
-def mosaic_attack(obfuscated: torch.Tensor, region_size: int = 8, chromatic: bool = True) -> torch.Tensor:
+def mosaic_attack(obfuscated: torch.Tensor, region_size: int | None = None, chromatic: bool = True) -> torch.Tensor:
     """Average every ``region_size`` square and paint it back: a pixelated copy of the original.
 
     Attacker knows: the obfuscated images and the public settings (region size, whether
@@ -20,6 +22,7 @@ def mosaic_attack(obfuscated: torch.Tensor, region_size: int = 8, chromatic: boo
     (B, C, H, W) uint8 or float -> float in [0, 1].
     """
     x = as_unit(obfuscated)
+    region_size = region_size or default_region_size(*x.shape[-2:])
     if chromatic:
         x = x.mean(1, keepdim=True).expand_as(x)
     means = F.avg_pool2d(x, region_size)

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.defaults import default_region_size
+
 from ..visualmixer.invariants import group_invariant, region_statistics
 
 
@@ -35,7 +37,7 @@ def train_statistics_classifier(
     public_images: torch.Tensor,
     public_labels: torch.Tensor,
     num_classes: int,
-    region_size: int = 8,
+    region_size: int | None = None,
     chromatic: bool = True,
     region_scope: int = 1,
     steps: int = 2000,
@@ -51,6 +53,7 @@ def train_statistics_classifier(
     that also learns what region moves leave (the caller obfuscates them).
     """
     torch.manual_seed(seed)
+    region_size = region_size or default_region_size(*public_images.shape[-2:])
     probe = StatisticsClassifier(1, num_classes, region_size, chromatic, region_scope)
     with torch.no_grad():
         features = torch.cat([probe.features(public_images[i : i + 1024]) for i in range(0, len(public_images), 1024)])
@@ -78,7 +81,7 @@ def train_statistics_classifier(
 def link_originals(
     obfuscated: torch.Tensor,
     candidates: torch.Tensor,
-    region_size: int = 8,
+    region_size: int | None = None,
     chromatic: bool = True,
     region_scope: int = 1,
 ) -> torch.Tensor:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..defaults import default_region_size
 from . import _graphs
 from ._checks import (
     as_batch,
@@ -98,7 +99,7 @@ class FirstAttempt(NamedTuple):
 def obfuscate(
     images: torch.Tensor,
     target_vfe: float,
-    region_size: int = 8,
+    region_size: int | None = None,
     block_sizes: tuple[int, ...] | None = None,
     chromatic: bool = True,
     region_scope: int = 1,
@@ -113,6 +114,7 @@ def obfuscate(
     batch, single = as_batch(images)
     target = check_target_vfe(target_vfe)
     b, c, h, w = batch.shape
+    region_size = region_size or default_region_size(h, w)
     check_region_size(region_size, h, w)
     grid = (h // region_size, w // region_size)
     scope = check_region_scope(region_scope, grid)

@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import torch
 
+from ..defaults import default_region_size
+
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255 if images.dtype == torch.uint8 else images
-
-
-def default_region_size(image_size: int) -> int:
-    """A quarter of the image side rounded down to a power of two that divides it, so the
-    grid of regions stays about 4x4 (8 px at 32, 16 at 64, 32 at 224); 2 when none does."""
-    size = 2
-    while size * 2 <= image_size // 4 and image_size % (size * 2) == 0:
-        size *= 2
-    return size
 
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def region_statistics(
-    images: torch.Tensor, region_size: int = 8, chromatic: bool = True, quantiles: tuple[float, ...] = QUANTILES
+    images: torch.Tensor, region_size: int | None = None, chromatic: bool = True, quantiles: tuple[float, ...] = QUANTILES
 ) -> torch.Tensor:
     """(B, C, H, W) -> (B, H/r, W/r, C * (len(quantiles) + 2)) region descriptors.
 
@@ -43,7 +36,7 @@ def region_statistics(
     """
     x = _unit(images)
     b, c, h, w = x.shape
-    r = region_size
+    r = region_size or default_region_size(h, w)
     # (B, C, gh, gw, r*r): every region's values, then sorted: the multiset itself.
     values = x.unfold(2, r, r).unfold(3, r, r).reshape(b, c, h // r, w // r, r * r).sort(-1).values
     index = torch.tensor([round(q * (r * r - 1)) for q in quantiles], device=x.device)

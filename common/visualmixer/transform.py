@@ -25,7 +25,9 @@ class VisualMixer(v2.Transform):
     Args:
         target_vfe: Visual Feature Entropy every returned image must reach, in [0, 1.2]
             (about 1 = every region a random arrangement of its own values).
-        region_size: side ``r`` of the square regions (power of two dividing H and W).
+        region_size: side ``r`` of the square regions (power of two dividing H and W);
+            ``None``: a quarter of the image's shorter side, rounded down to such a power
+            of two (``common.defaults.default_region_size``), as a run of the app uses.
         block_sizes: the ladder of block sides to choose from (default ``r/2, ..., 1``).
         chromatic: also permute the channel order per region (each channel always gets
             its own spatial permutation).
@@ -45,7 +47,7 @@ class VisualMixer(v2.Transform):
     def __init__(
         self,
         target_vfe: float = DEFAULT_TARGET_VFE,
-        region_size: int = 8,
+        region_size: int | None = None,
         block_sizes: tuple[int, ...] | None = None,
         chromatic: bool = True,
         region_scope: int = 1,
@@ -54,7 +56,10 @@ class VisualMixer(v2.Transform):
     ) -> None:
         super().__init__()
         self.target_vfe = check_target_vfe(target_vfe)
-        check_region_side(region_size)
+        if region_size is not None:
+            check_region_side(region_size)
+        elif block_sizes is not None:
+            raise ValueError("block_sizes needs region_size: the ladder is checked against the region side")
         self.block_sizes = None if block_sizes is None else check_block_sizes(
             block_sizes, region_size
         )[1:]

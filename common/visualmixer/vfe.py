@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..defaults import default_region_size
 from ._checks import as_batch, check_region_size
 from ._layout import to_regions
 from ._scratch import scratch
@@ -181,25 +182,27 @@ def shuffled_image_vfe(shuffled: torch.Tensor, variance: torch.Tensor, valid: to
     return _image_mean(_vfe(energy, variance, valid, shuffled.shape[-1]), valid)
 
 
-def region_vfe(images: torch.Tensor, region_size: int = 8) -> torch.Tensor:
+def region_vfe(images: torch.Tensor, region_size: int | None = None) -> torch.Tensor:
     """VFE of every (channel, region): a float tensor (B, C, H/r, W/r), NaN for flat regions.
 
     ``images``: uint8 (0..255) or float (0..1), shaped (C, H, W) or (B, C, H, W), on any
     device; a single image gives a batch of one.
     """
     batch, _ = as_batch(images)
+    region_size = region_size or default_region_size(*batch.shape[-2:])
     check_region_size(region_size, batch.shape[-2], batch.shape[-1])
     vfe = _vfe_from_stats(region_stats(batch, region_size))
     b, c, h, w = batch.shape
     return vfe.view(b, c, h // region_size, w // region_size)
 
 
-def visual_feature_entropy(images: torch.Tensor, region_size: int = 8) -> torch.Tensor:
+def visual_feature_entropy(images: torch.Tensor, region_size: int | None = None) -> torch.Tensor:
     """Image VFE, a float tensor (B,): the mean of :func:`region_vfe` over non-flat entries.
 
     About 0 for smooth images, about 1 for images whose regions are random arrangements
     of their own values.
     """
     batch, _ = as_batch(images)
+    region_size = region_size or default_region_size(*batch.shape[-2:])
     check_region_size(region_size, batch.shape[-2], batch.shape[-1])
     return image_vfe_from_stats(region_stats(batch, region_size))

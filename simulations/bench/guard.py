@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common.defaults import DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE
+from common.defaults import DEFAULT_TARGET_VFE, default_region_size
 from common.defenses.visualmixer import guard_failures
 from common.models import build_model
 from common.shapes import generate_shapes
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         start = time.perf_counter()
         for chunk in uploads.split(args.upload_samples):  # one call per reply, as the server does
-            guard_failures(chunk, DEFAULT_REGION_SIZE, DEFAULT_TARGET_VFE - 0.05)
+            guard_failures(chunk, default_region_size(*chunk.shape[-2:]), DEFAULT_TARGET_VFE - 0.05)
         guard.append(time.perf_counter() - start)
         start = time.perf_counter()
         train_steps(model, uploads, labels, optimizer, args.server_steps, args.server_batch_size)

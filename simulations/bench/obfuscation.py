@@ -33,6 +33,10 @@ from common.shapes import generate_shapes
 from common.training import to_model_input
 from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
 
+# 8-px regions at every image size, as the figures in docs/benchmarks.md were measured
+# (a run at 224x224 uses 32-px regions: common.defaults.default_region_size).
+REGION_SIZE = 8
+
 
 def wall_seconds(fn, device: torch.device) -> float:
     """Wall time of one call of ``fn``, until the device has finished its work too."""
@@ -81,7 +85,7 @@ def bench(
 
     def obfuscate_with(graphs: bool) -> None:
         with _graphs.switched(graphs):
-            obfuscate(x, target)
+            obfuscate(x, target, region_size=REGION_SIZE)
 
     fns = {
         "gather": lambda: torch.gather(flat, 1, index),

@@ -27,6 +27,10 @@ from common.training import resolve_device
 from common.visualmixer import DEFAULT_TARGET_VFE, _graphs, obfuscate
 from simulations.bench.obfuscation import images, interleaved_seconds
 
+# 8-px regions at every image size, as the figures in docs/benchmarks.md were measured
+# (a run at 224x224 uses 32-px regions: common.defaults.default_region_size).
+REGION_SIZE = 8
+
 # Host-side runtime calls that wait for the device.
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
@@ -49,11 +53,11 @@ def profile_call(x: torch.Tensor, target: float, repeats: int, trace: str | None
         torch.cuda.synchronize(device)
         allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
     for _ in range(2):  # warm-up: lazy module loading, cached tables, allocator (and graphs)
-        obfuscate(x, target)
-    seconds = interleaved_seconds({"call": lambda: obfuscate(x, target)}, repeats, device)["call"]
+        obfuscate(x, target, region_size=REGION_SIZE)
+    seconds = interleaved_seconds({"call": lambda: obfuscate(x, target, region_size=REGION_SIZE)}, repeats, device)["call"]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        obfuscate(x, target)
+        obfuscate(x, target, region_size=REGION_SIZE)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     if trace:
