@@ -15,7 +15,6 @@ from common.data import DATASETS, DataError, ImageSet, cached_dataset
 from common.models import build_model, split_model
 from common.protocol import EXCHANGES
 from common.run_config import ConfigError, RunConfig
-from common.run_store import RunStore
 from common.training import (
     EVALUATION_ROUND,
     SERVER_NODE,
@@ -29,6 +28,7 @@ from common.training import (
     train_steps,
 )
 from server.plateau import plateau_warning
+from server.run_store import RunStore
 
 log = logging.getLogger("flwr")
 BUFFER_LIMIT = 50_000  # most obfuscated uploads the server keeps for training

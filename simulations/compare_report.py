@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.attacks.registry import NON_ADAPTIVE, names  # noqa: E402
 from common.protocol import EXCHANGES  # noqa: E402
-from common.run_store import package_versions  # noqa: E402
+from server.run_store import package_versions  # noqa: E402
 from simulations.compare_attacks import MIN_RANKED_IMAGES  # noqa: E402
 
 ATTACKS = names(output="reconstruction")

@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from rich.console import Console
 
-from common.run_store import RunStore
 from server.console.app import create_app
 from server.console.auth import load_or_create_token, needs_token, token_path
 from server.console.runs import RunFolder
 from server.console.text import follow, render
+from server.run_store import RunStore
 
 ROUND = {"round": 1, "status": "completed", "exchange": "images", "defense": "visualmixer", "replies": 2,
          "rejected": 1, "train-loss": 2.1, "federated-accuracy": 0.4, "central-accuracy": 0.5,

@@ -84,7 +84,7 @@ def browser():
 def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, browser):
     """Each page over a written run folder, with no Flower process: the quick check that
     the front end loads and draws (a script error would leave every page blank)."""
-    from common.run_store import RunStore
+    from server.run_store import RunStore
     from tests.test_console import CONFIG, ROUND, make_run
 
     runs = tmp_path / "outputs"

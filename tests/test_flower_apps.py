@@ -474,7 +474,7 @@ def test_evaluation_metrics_out_of_range_are_not_averaged(tmp_path, caplog):
 
 
 def test_non_finite_figures_are_written_as_strict_json(tmp_path):
-    from common.run_store import RunStore
+    from server.run_store import RunStore
 
     store = RunStore(str(tmp_path), "nan")
     store.append_metrics({"round": 1, "train-loss": float("nan"), "per-node": {"1": float("inf")}})

@@ -17,10 +17,10 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from common.run_store import RunStore
 from server.console.auth import COOKIE, token_matches
 from server.console.flower import FlowerLink, SuperLinkError
 from server.console.runs import NotFound, RunsDir, last_outcomes
+from server.run_store import RunStore
 
 STATIC = Path(__file__).parent / "static"
 # Every view is the same page (static/page.html) with its title and name: console.js draws it.

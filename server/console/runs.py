@@ -1,4 +1,4 @@
-"""What the console reads from a runs dir: one folder per run, as ``common.run_store``
+"""What the console reads from a runs dir: one folder per run, as ``server.run_store``
 writes it, and the output folders of ``simulations.compare``.
 
 Only names the console itself lists are served: a run name is one path component of
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.run_store import read_json_object
+from server.run_store import read_json_object
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 RUN_FILES = ("config.json", "metrics.jsonl", "events.jsonl", "summary.json", "samples.png", "final_model.pt")
