@@ -7,9 +7,9 @@ What each exchange mode exposes, and what is run on it:
 * ``activations``: the cut-layer activations -> a feature-inversion decoder (white box on
   the client layers: the server's copy, which it sent to the clients).
 * ``weights``: one client update from the trained global model -> Inverting Gradients;
-  for VisualMixer its output is then fed to the mosaic and inverse network (two stage).
+  under an image defense its output is then fed to the mosaic and inverse network (two stage).
 
-In the ``images`` exchange the attackers who know VisualMixer and its settings (adaptive)
+In the ``images`` exchange the attackers who know the defense and its settings (adaptive)
 also run: a recogniser trained on mosaics of public images, classifiers on region
 statistics that no in-region shuffle changes (trained on clean public images, and on
 public images obfuscated alike), a recogniser trained on obfuscated public images, and
@@ -59,7 +59,6 @@ from common.attacks.registry import names
 from common.data import ImageSet, load_dataset
 from common.models import build_model, split_model
 from common.training import evaluate, resolve_device
-from common.visualmixer import VisualMixer
 
 # Fewest images an attack must be scored on for its recognition rate to pick the best attack.
 MIN_RANKED_IMAGES = 32
@@ -73,14 +72,14 @@ def _rows(out: Path, name: str) -> list[dict]:
 
 
 def _mixer(arm, seed: int | None):
-    """The arm's transform (None without VisualMixer); ``seed=None`` for fresh randomness."""
-    if arm.target_vfe is None:
-        return None
-    return VisualMixer(arm.target_vfe, region_size=arm.region_size, region_scope=arm.region_scope, seed=seed)
+    """The arm's image transform (None without an image defense); ``seed=None`` for fresh
+    randomness."""
+    return arm.transform(seed)
 
 
 def _setting(arm) -> tuple:
-    return (arm.target_vfe, arm.region_size, arm.region_scope)
+    """What an attacker trained against the arm's transform depends on."""
+    return (arm.transform_key(), arm.region_size, arm.region_scope)
 
 
 def _distinct_label_batches(labels: torch.Tensor, count: int, size: int) -> list[torch.Tensor]:
@@ -167,7 +166,8 @@ class AttackStage:
         elif kind == "obfuscation-trained":
             net = train_obfuscation_recogniser(public.images, public.labels, self.num_classes, obfuscate, **common)
         else:  # statistics (clean public images) or statistics-obf (public images obfuscated alike)
-            images = public.images if kind == "statistics" or arm.target_vfe is None else obfuscate(public.images, 20_000)
+            clean = kind == "statistics" or not arm.defense_plugin.transforms_images
+            images = public.images if clean else obfuscate(public.images, 20_000)
             net = train_statistics_classifier(
                 images, public.labels, self.num_classes, region_size=arm.region_size,
                 region_scope=1 if kind == "statistics" else arm.region_scope, steps=p.statistics_steps, seed=self.seed,
@@ -211,7 +211,7 @@ class AttackStage:
     def weights_attacks(self, arm, model, sigma: float | None) -> dict[str, tuple]:
         batches = _distinct_label_batches(self.victims.labels, self.preset.inversion_batches, self.preset.inversion_batch_size)
         mixer = _mixer(arm, self.seed)
-        dp = None if arm.epsilon is None else (sigma, 1.0)
+        dp = (sigma, 1.0) if arm.defense_plugin.trains_privately else None
         recs, xs, ys = [], [], []
         for index in batches:
             x, y = self.victims.images[index], self.victims.labels[index]
@@ -259,7 +259,7 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
     """
     stage = AttackStage(preset, data, public, seed, out / "cache")
     for arm in arms:
-        if arm.target_vfe is not None and arm.exchange != "activations" and _setting(arm) not in stage._inverse:
+        if arm.defense_plugin.transforms_images and arm.exchange != "activations" and _setting(arm) not in stage._inverse:
             tqdm.write(f"[attacks] inverse network for {arm.setting}: {preset.inverse_steps} steps")
             stage.inverse_net(arm)  # before the first run ends: nothing else to do yet
     rows, curves, gallery = [], {}, {}

@@ -14,13 +14,18 @@ from simulations.compare import EXCHANGES, matrix
 from tests.test_deployment import ROOT
 
 
-def test_matrix_covers_every_defense_per_exchange_but_never_dp_with_images():
+def test_matrix_covers_every_registered_defense_per_exchange_but_never_dp_with_images():
+    from common.defenses import DEFENSES
+
     arms = matrix()
-    assert len(arms) == 4 + 3 + 8 + 8  # images: none, 3 targets, 2 scopes and a finer grid
-    assert not any(a.exchange == "images" and "dp-sgd" in a.defense for a in arms)
+    # images: none, 3 targets, pixelate, blur, 2 scopes and a finer grid; the others: and DP.
+    assert len(arms) == 9 + 10 + 10
+    assert not any(a.exchange == "images" and a.defense_plugin.trains_privately for a in arms)
+    assert {a.defense for a in arms} == set(DEFENSES)
     for exchange in ("activations", "weights"):
         labels = {a.label for a in arms if a.exchange == exchange}
-        assert labels == {"none", "vm-vfe0.5", "vm-vfe0.8", "vm-vfe1", "dp-eps1", "dp-eps3", "dp-eps8", "vm+dp-vfe0.8+eps8"}
+        assert labels == {"none", "vm-vfe0.5", "vm-vfe0.8", "vm-vfe1", "dp-eps1", "dp-eps3", "dp-eps8", "vm+dp-vfe0.8+eps8",
+                          "pix", "blur-sigma1.5"}
     assert {a.exchange for a in arms} == set(EXCHANGES)
     assert len({a.name for a in arms}) == len(arms)
 
@@ -28,22 +33,22 @@ def test_matrix_covers_every_defense_per_exchange_but_never_dp_with_images():
 def test_arms_regions_scale_with_the_image_size_and_reach_the_run_config(tmp_path):
     from dataclasses import replace
 
-    from simulations.compare import PRESETS, run_config
+    from simulations.compare import load_preset, run_config
 
     arms = {a.name: a for a in matrix(64)}
     assert len(arms) == len(matrix())
     assert arms["images-vm-vfe0.8"].region_size == 16 and arms["images-vm-vfe0.8+r8"].region_size == 8
-    preset = replace(PRESETS["quick"], image_size=64, model="region-invariant")
+    preset = replace(load_preset("quick"), image_size=64, model="region-invariant")
     config = run_config(arms["images-vm-vfe0.8+scope0"], preset, tmp_path, tmp_path, 0)
     for key in ("image-size=64", "region-size=16", "region-scope=0", 'model="region-invariant"'):
         assert key in config
-    assert PRESETS["full"].model == "resnet18-gn"
+    assert load_preset("full").model == "resnet18-gn"
 
 
 def test_the_standard_preset_runs_the_named_arms_and_uploads_every_image_in_the_images_exchange(tmp_path):
-    from simulations.compare import PRESETS, run_config, upload_samples
+    from simulations.compare import load_preset, run_config, upload_samples
 
-    standard = PRESETS["standard"]
+    standard = load_preset("standard")
     arms = [a for a in matrix() if a.label in standard.defenses]
     assert set(standard.defenses) <= {a.label for a in matrix()}  # no misspelt label drops an arm
     assert len(arms) == 4 + 5 + 5  # images: none, scope 1/2/0; the others: none, vm, dp 3/8, vm+dp
@@ -51,8 +56,10 @@ def test_the_standard_preset_runs_the_named_arms_and_uploads_every_image_in_the_
     assert upload_samples(by_name["images-none"], standard) == 0
     assert upload_samples(by_name["activations-none"], standard) == standard.upload_samples == 2048
     assert "upload-samples=0" in run_config(by_name["images-vm-vfe0.8+scope0"], standard, tmp_path, tmp_path, 0)
-    quick = PRESETS["quick"]
-    assert not quick.defenses and upload_samples(by_name["images-none"], quick) == quick.upload_samples
+    quick = load_preset("quick")
+    assert upload_samples(by_name["images-none"], quick) == quick.upload_samples
+    # The quick preset runs the arms it always ran; the defenses added since are in the matrix.
+    assert "images-pix" in {a.name for a in matrix()} and "pix" not in quick.defenses
 
 
 @pytest.mark.parametrize("args, message", [
@@ -122,27 +129,28 @@ def test_reduced_compare_writes_every_output(simulation_env, tmp_path):  # noqa:
 
 @pytest.mark.parametrize("running_before", [False, True])
 def test_parallel_training_stops_the_local_superlink_only_when_it_started_it(tmp_path, monkeypatch, running_before):
-    from simulations import compare, flwr_run
+    from simulations import compare_runs, flwr_run
+    from simulations.compare import load_preset
 
     superlink = [True] if running_before else []
     stopped = []
-    monkeypatch.setattr(compare, "local_superlinks", lambda: {1: []} if superlink else {})
+    monkeypatch.setattr(compare_runs, "local_superlinks", lambda: {1: []} if superlink else {})
     monkeypatch.setattr(flwr_run, "flwr", lambda *args, **kwargs: superlink.append(True))
-    monkeypatch.setattr(compare, "stop_local_superlink", lambda: stopped.append(True))
-    monkeypatch.setattr(compare, "train_arm", lambda arm, *args: "completed")
+    monkeypatch.setattr(compare_runs, "stop_local_superlink", lambda: stopped.append(True))
+    monkeypatch.setattr(compare_runs, "train_arm", lambda arm, *args: "completed")
     arms = matrix()[:3]
-    statuses = compare.train_arms(arms, compare.PRESETS["quick"], tmp_path, tmp_path, 0, 3, tmp_path)
+    statuses = compare_runs.train_arms(arms, load_preset("quick"), tmp_path, tmp_path, 0, 3, tmp_path)
     assert statuses == {arm.name: "completed" for arm in arms}
     assert stopped == ([] if running_before else [True])
 
 
 def test_scope_arms_are_in_the_images_exchange_and_reach_the_run_config(tmp_path):
-    from simulations.compare import PRESETS, run_config
+    from simulations.compare import load_preset, run_config
 
     arms = {a.name: a for a in matrix()}
     for name, key in (("images-vm-vfe0.8+scope2", "region-scope=2"), ("images-vm-vfe0.8+scope0", "region-scope=0"),
                       ("images-vm-vfe0.8+r4", "region-size=4")):
-        assert key in run_config(arms[name], PRESETS["quick"], tmp_path, tmp_path, 0)
+        assert key in run_config(arms[name], load_preset("quick"), tmp_path, tmp_path, 0)
 
 
 @pytest.mark.parametrize("model_name, image_size", [("small-cnn", 32), ("region-invariant", 64)])
@@ -156,27 +164,27 @@ def test_attack_stage_with_a_scope_arm_fills_every_column(tmp_path, model_name, 
     import torch
 
     from common.models import build_model
-    from simulations.compare import PRESETS, Arm, prepare_data
+    from simulations.compare import Arm, load_preset, prepare_data
     from simulations.compare_attacks import attack_all
     from simulations.compare_report import CLASSIFIERS, write_report
 
     preset = replace(
-        PRESETS["quick"], victim_train=200, test=100, public=300, attack_victims=64, recogniser_steps=5,
+        load_preset("quick"), victim_train=200, test=100, public=300, attack_victims=64, recogniser_steps=5,
         adaptive_steps=5, statistics_steps=5, inverse_steps=2, linkage_pool=200, network_width=4,
         model=model_name, image_size=image_size,
     )
     data, public = prepare_data("shapes", None, preset, tmp_path, 0)
     assert public.images.shape[-1] == image_size
     region = image_size // 4
-    arms = [Arm("images", "none", region_size=region, image_size=image_size),
-            Arm("images", "visualmixer", target_vfe=0.8, region_scope=2, region_size=region, image_size=image_size)]
+    arms = [Arm.of("images", "none", image_size, region_size=region),
+            Arm.of("images", "visualmixer", image_size, target_vfe=0.8, region_scope=2, region_size=region)]
     model = build_model(model_name, 3, public.num_classes, image_size=image_size, region_size=region)
     for arm in arms:
         folder = tmp_path / "runs" / arm.name
         folder.mkdir(parents=True)
         torch.save(model.state_dict(), folder / "final_model.pt")
         row = {"round": 1, "status": "completed", "central-accuracy": 0.1, "seconds": 1.0, "bytes-up": 10, "bytes-down": 10}
-        (folder / "metrics.jsonl").write_text(json.dumps({**row, **({"vfe-sent": 0.85} if arm.target_vfe else {})}) + "\n")
+        (folder / "metrics.jsonl").write_text(json.dumps({**row, **({"vfe-sent": 0.85} if arm.defense_plugin.transforms_images else {})}) + "\n")
     results = attack_all(arms, lambda name: "completed", preset, data, public, tmp_path, 0)
     none, scoped = results["rows"]
     assert 0 <= results["floor"] <= 1 and results["candidates"] == 200
@@ -215,3 +223,21 @@ def test_the_gpu_script_runs_on_a_cpu_and_summarises_what_completed(simulation_e
     assert summary["report"] and summary["timed_out"] is False and summary["device"] == "cpu"
     assert (out / "compare" / "results.csv").stat().st_size > 0
     assert "[compare] done" in (out / "compare.log").read_text()
+
+
+def test_a_preset_is_a_toml_file_a_user_can_copy_and_edit(tmp_path):
+    from simulations.compare_presets import PRESETS_DIR, load_preset
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text((PRESETS_DIR / "quick.toml").read_text().replace("rounds = 3", "rounds = 5"))
+    assert load_preset(str(mine)).rounds == 5 and load_preset("quick").rounds == 3
+    for text, message in (("rounds = 3", "unknown key 'roundz'"), ("clients = 2", "missing key 'clients'"),
+                          ("rounds = 3", "rounds='3' must be int")):
+        bad = tmp_path / "bad.toml"
+        replacement = {"unknown key 'roundz'": "roundz = 3", "missing key 'clients'": "",
+                       "rounds='3' must be int": 'rounds = "3"'}[message]
+        bad.write_text((PRESETS_DIR / "quick.toml").read_text().replace(text, replacement))
+        with pytest.raises(ValueError, match=message):
+            load_preset(str(bad))
+    with pytest.raises(ValueError, match="--preset 'fast' is not one of: full, quick, standard"):
+        load_preset("fast")

@@ -21,7 +21,7 @@ DEFENSES: dict[str, Defense] = {
         Defense(),
         _visualmixer,
         _dp_sgd,
-        Composite(_visualmixer, _dp_sgd),
+        Composite(_visualmixer, _dp_sgd, sweep=({"target-vfe": 0.8, "target-epsilon": 8.0},)),
         Pixelate(),
         Blur(),
     )

@@ -10,7 +10,8 @@ A defense may
 * check uploads on the server (:meth:`Defense.guard`),
 * read run-config keys (:attr:`Defense.keys` of the shared config, :attr:`Defense.options`
   of its own) and refuse settings it cannot honour (:meth:`Defense.check`),
-* say what the console draws for it (:attr:`Defense.charts`).
+* say what the console draws for it (:attr:`Defense.charts`) and which settings the
+  comparison runs it at (:attr:`Defense.comparison_sweep`).
 
 Everything defaults to "does nothing", so a defense states only what it does. Code outside
 ``common/defenses/`` asks these questions and never branches on a defense's name.
@@ -123,6 +124,8 @@ class Defense:
     charts: ClassVar[tuple[Chart, ...]] = ()
     # (label, run-config key) shown in a run's header in the console.
     headline: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # The settings (run-config overrides) ``simulations.compare`` runs it at: one arm each.
+    comparison_sweep: ClassVar[tuple[Mapping[str, Any], ...]] = ({},)
 
     @property
     def transforms_images(self) -> bool:
@@ -212,7 +215,7 @@ class Composite(Defense):
     """Several defenses at once (``a+b``): every part's transform, training wrapper, metrics
     and guard. At most one part may transform images and at most one may wrap training."""
 
-    def __init__(self, *parts: Defense) -> None:
+    def __init__(self, *parts: Defense, sweep: tuple[Mapping[str, Any], ...] = ({},)) -> None:
         if sum(p.transforms_images for p in parts) > 1 or sum(p.trains_privately for p in parts) > 1:
             raise ValueError("a composite defense holds at most one image transform and one training wrapper")
         self._parts = parts
@@ -225,6 +228,7 @@ class Composite(Defense):
         self.metric_specs = {k: v for p in parts for k, v in p.metric_specs.items()}
         self.charts = tuple(c for p in parts for c in p.charts)
         self.headline = tuple(h for p in parts for h in p.headline)
+        self.comparison_sweep = sweep
 
     @property
     def parts(self) -> tuple[Defense, ...]:

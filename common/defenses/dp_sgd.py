@@ -56,6 +56,7 @@ class DPSGD(Defense):
     charts = (Chart("chart-epsilon", "Cumulative epsilon per node", target="target-epsilon",
                     target_label="budget", per_node="epsilon-per-node", zero=True),)
     headline = (("target epsilon", "target-epsilon"),)
+    comparison_sweep = ({"target-epsilon": 1.0}, {"target-epsilon": 3.0}, {"target-epsilon": 8.0})
 
     def private_training(
         self, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer, *,

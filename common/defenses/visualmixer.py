@@ -97,6 +97,7 @@ class VisualMixer(Defense):
               (("obfuscation-seconds", "seconds"), ("obfuscation-retries", "retries")), zero=True),
     )
     headline = (("target VFE", "target-vfe"),)
+    comparison_sweep = ({"target-vfe": 0.5}, {"target-vfe": 0.8}, {"target-vfe": 1.0})
 
     def check(self, config: RunConfig) -> None:
         grid = config.image_size // config.region_size
