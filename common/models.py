@@ -20,11 +20,9 @@ image by its own mean and deviation (``input_norm``, :func:`standardize_images`)
   values per channel at 17 quantiles, mean and spread, channels as a set:
   :func:`~common.visualmixer.invariants.region_statistics`), then a 1x1 conv; two 3x3 conv
   stages work on the grid of regions and a 2-layer head classifies. An in-region shuffle
-  changes neither its input features nor its output (up to float rounding in the input
-  standardisation), so the shuffle costs it nothing; what
-  it cannot see is the arrangement inside a region, on clean images too. Regions moved by
-  ``region-scope`` != 1 move its grid cells. ~0.8M parameters. Default cut 1: the
-  client runs the stem and sends (128, S/r, S/r) activations.
+  changes neither its input nor its output (up to float rounding), so the shuffle costs it
+  nothing; it cannot see the arrangement inside a region, on clean images either. ~0.8M
+  parameters. Default cut 1: the client sends (128, S/r, S/r) activations.
 """
 
 from __future__ import annotations
@@ -81,7 +79,7 @@ class InputStage(nn.Sequential):
 def _conv_stage(cin: int, cout: int) -> nn.Sequential:
     # ReLU not in place: Opacus' per-sample gradient hooks cannot follow in-place ops.
     # No normalisation layer: on obfuscated inputs GroupNorm kept the small CNN on its
-    # initial loss plateau several times longer (measured on `shapes`, batch 32, Adam 1e-3).
+    # initial loss plateau longer.
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1),
         nn.ReLU(),

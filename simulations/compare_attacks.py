@@ -17,13 +17,11 @@ linkage of each obfuscated image to its original in a pool of candidates.
 
 Every reconstruction is scored against the originals (PSNR, SSIM, VFE) and labelled by a
 recogniser trained on clean public images (augmented, cached by its data and settings);
-the classifier attacks give their own labels. The *best attack* is the one that labels
-the victims best, among attacks scored on at least ``MIN_RANKED_IMAGES`` images (a rate
-over four gradient-inversion images moves in steps of 0.25), found twice: among the
-non-adaptive attacks (:data:`NON_ADAPTIVE`: a person or an off-the-shelf model) and among
-all of them. The margin is the arm's test accuracy minus that rate, left empty when no
-attack qualifies. The floor is what global colour alone tells (a statistics classifier
-on the whole image as one region): no in-image shuffle or move can change it.
+the classifier attacks give their own labels. The *best attack* labels the victims best
+among attacks scored on at least ``MIN_RANKED_IMAGES`` images, found among the non-adaptive
+attacks (``common.attacks.NON_ADAPTIVE``) and among all; the margin is the arm's test
+accuracy minus its rate. The floor is what global colour alone tells (a statistics
+classifier on the whole image as one region), which no in-image shuffle or move changes.
 """
 
 from __future__ import annotations

@@ -83,9 +83,8 @@ def share_cores(parallel: int) -> None:
     started here, its ServerApp and Ray's ClientApp actors).
 
     Left to itself each process starts one OpenMP thread per core; with more busy threads
-    than cores they spend much of their time spinning in OpenMP's barriers (a third of the
-    CPU went to the kernel with two runs and the attack stage on 2 cores). A value the user
-    set is kept."""
+    than cores they spend much of their time spinning in OpenMP's barriers. A value the
+    user set is kept."""
     threads = max(1, (os.cpu_count() or 1) // (parallel + 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 

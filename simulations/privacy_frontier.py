@@ -16,16 +16,13 @@ Scored on ``--victims`` test images, obfuscated with the setting:
   trained on clean public images), ``statistics-obf`` (the same with the setting's region
   moves, trained on obfuscated public images), ``mosaic-trained`` (a recogniser trained on
   mosaics of public images), ``linkage`` (the original found among ``--pool`` candidates).
-* reconstruction: ``inverse-net`` (the recogniser on what a U-Net trained on public images
-  obfuscated with the setting, region moves included, makes of the victims' images) and
-  its ``inverse_psnr`` (dB) against the originals.
+* reconstruction: ``inverse-net`` (the recogniser on what a U-Net trained to undo the
+  setting makes of the victims' images) and its ``inverse_psnr`` (dB).
 * ``floor``: global colour alone (region = the whole image), which nothing here changes.
 
-A setting is ``none`` or ``VFE:REGION:SCOPE``, with ``:mono`` appended for a shuffle that
-keeps each value in its channel (``chromatic=False``); every attacker is told which.
-
-One JSON line per setting, plus a first line with the recogniser's clean accuracy.
-``--table FILE.jsonl`` prints such a file as a markdown table instead of running.
+A setting is ``none`` or ``VFE:REGION:SCOPE``, ``:mono`` appended for ``chromatic=False``.
+One JSON line per setting, after a line with the recogniser's clean accuracy;
+``--table FILE.jsonl`` prints such a file as a markdown table instead.
 """
 
 from __future__ import annotations

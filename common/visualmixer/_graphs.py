@@ -1,13 +1,11 @@
 """CUDA graphs for ``obfuscate``'s first attempt (on by default on CUDA).
 
-On a GPU an ``obfuscate`` call is bound by host overhead, not by the device: an H100 was
-busy for 0.41 ms of a 3.97 ms call on 256 CIFAR images, the rest went to dispatching about
-250 PyTorch operators one by one (docs/gpu.md). A CUDA graph replays a recorded sequence
-of kernels with one launch. The first attempt (plan, shuffle with fixed shapes, measured
-VFE) is recorded per (static arguments, input shapes and dtypes, seeded or not, device) when
-such a key is called the second time, and kept in a small LRU; its first call runs eagerly,
-so a shape used once never pays for a recording (in a deployment every message is a new
-ClientApp process). The rare retries work on data-dependent subsets and stay eager.
+On a GPU an ``obfuscate`` call is bound by host overhead: most of it goes to dispatching a
+few hundred PyTorch operators one by one (docs/gpu.md); a CUDA graph replays them with one
+launch. The first attempt (plan, shuffle with fixed shapes, measured VFE) is recorded per
+(static arguments, input shapes and dtypes, seeded or not, device) when such a key is
+called the second time, and kept in a small LRU, so a shape used once never pays for a
+recording. The rare retries work on data-dependent subsets and stay eager.
 
 Randomness: a graph's random kernels read their generator's seed and offset at each replay
 (PyTorch's graph-safe RNG), so replays draw fresh numbers; unseeded calls use the device's
@@ -16,12 +14,10 @@ each replay, which makes a seeded call give the same bits as running the same st
 eagerly from a fresh generator with that seed (the fallback below does exactly that).
 
 Before a graph is used, one replay must give the bits of the same stages run eagerly from
-the same generator state (a graph that froze its random draws would fail this): the second
-call runs eagerly, its caller gets that result, and the new graph is replayed from the same
-state and compared with it. A replay
-copies the arguments into the recorded inputs and returns the recorded outputs, which the
-next replay of the same graph overwrites: callers hold :data:`LOCK` for as long as they use
-them. If recording or that check fails, the key runs eagerly from then on, with one warning.
+the same generator state (a graph that froze its random draws would fail this). A replay
+returns the recorded outputs, which the next replay of the same graph overwrites: callers
+hold :data:`LOCK` while they use them. If recording or that check fails, the key runs
+eagerly from then on, with one warning.
 
 Switch: environment variable ``VISUALMIXER_CUDA_GRAPHS=0`` turns them off (or
 :func:`switched` in code, as the benchmarks do); docs/gpu.md has the measurements.

@@ -1,10 +1,8 @@
 """Reusable scratch buffers for the large temporaries of one ``obfuscate`` call.
 
-On small CPUs a fresh multi-megabyte tensor costs more in page faults than the arithmetic
-done in it: converting 4.8 M uint8 values to float32 took 2.2 ms into a new tensor and
-0.5 ms into a reused one on the 2-core machines this project is tested on, and turning a
-uint8 index into the int64 one ``torch.gather`` needs took 12 ms fresh. So the transform
-keeps its large temporaries, per thread and per device, grown to the largest batch seen.
+On small CPUs a fresh multi-megabyte tensor can cost more in page faults than the
+arithmetic done in it (docs/benchmarks.md, "Obfuscation speed"), so the transform keeps its
+large temporaries, per thread and per device, grown to the largest batch seen.
 
 Rules that keep this safe: a scratch tensor is only used inside the call that asked for it
 and is never returned to the caller; each name is used by one temporary at a time. CUDA

@@ -61,8 +61,8 @@ class Obfuscation:
     block_size: torch.Tensor  # (B, nh, nw) block side used in each region (= region_size: untouched)
     met_target: torch.Tensor  # (B,) bool, vfe >= target_vfe
     # Shuffles drawn for the batch: 1 when every image met the target on its first draw, up
-    # to ATTEMPTS. A later attempt re-plans only the images that fell short, yet runs about
-    # 200 operators whatever their number (+1-2 ms a call on a 2-core CPU: simulations.bench.retries).
+    # to ATTEMPTS. A later attempt re-plans only the images that fell short, yet costs a
+    # fixed number of operators whatever their number (simulations.bench.retries).
     attempts: int = 1
 
 

@@ -20,16 +20,11 @@ rows of that rung are dealt to the pool entries in a random order (row ``t`` of 
 ordering of the rung's (image, region) pairs, each pair's channels side by side, takes
 entry ``t mod size``, so a region's channels never share an entry). Each region's
 arrangement is therefore exactly uniformly distributed, but within one call about
-``count / size`` region-channels share each entry. A pool holds one entry per ``REUSE``
-region-channels of its rung, between ``MIN_POOL`` and ``POOL_SIZE`` (1024 32x32 RGB images
-at the default target put about 23,000 region-channels on each of the two finest rungs:
-1024 entries each, every entry dealt to about 23 region-channels, mostly of different
-images). Dealing rows evenly keeps the
-shuffle cheap: the rows of a rung, grouped, form a regular (rounds, size, r*r) block, so one
-``torch.gather`` with the pool broadcast over the rounds moves every value, with no
-full-size int64 index to build. Coarse rungs move each block row as one machine word (a 2x2
-block of uint8 is two int16), so their gathers and pools are smaller still. The pool is
-never sent, kept or reused across calls.
+``count / size`` region-channels share each entry; a pool holds one entry per ``REUSE``
+region-channels of its rung, between ``MIN_POOL`` and ``POOL_SIZE``. The rows of a rung,
+grouped, form a regular (rounds, size, r*r) block, so one ``torch.gather`` with the pool
+broadcast over the rounds moves every value; coarse rungs move each block row as one
+machine word. The pool is never sent, kept or reused across calls.
 """
 
 from __future__ import annotations

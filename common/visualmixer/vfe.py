@@ -17,13 +17,10 @@ region scores 1 in expectation; a smooth region scores near 0. Shuffling inside 
 never changes :math:`\sigma^2_c(R)`, so VFE measures only the arrangement, and it does not
 depend on brightness or contrast (it is invariant to :math:`x \mapsto a x + b`).
 
-**Flat regions** (standard deviation below half a grey level, i.e.
-:math:`\sigma^2 < 0.25` on the 0..255 scale) carry no arrangement at all: every shuffle of
-them is the same picture. They are *excluded*: :func:`region_vfe` reports them as NaN and
-the image VFE is the mean over the remaining (channel, region) pairs. An image that is flat
-everywhere has nothing left to scramble and scores 1.0. Excluding (rather than counting them
-as fully scrambled) keeps a mostly-empty image, such as a digit on a black background, from
-reaching a target without its few informative regions being touched.
+**Flat regions** (standard deviation below half a grey level, :math:`\sigma^2 < 0.25` on
+the 0..255 scale) carry no arrangement: :func:`region_vfe` reports them as NaN and the image
+VFE is the mean over the other (channel, region) pairs (an image flat everywhere scores 1.0),
+so a mostly empty image cannot reach a target without its informative regions touched.
 
 Images must tile exactly into regions; other sizes raise ``ValueError`` (see
 :func:`~common.visualmixer._checks.check_region_size`).

@@ -21,9 +21,7 @@ defense) and one with VisualMixer's cost per exchange, measured two ways:
 
 ``obfuscation_share_of_round`` relates the same seconds to the whole round (server included).
 ``--messages`` also prints each run's messages (round, type, seconds in the ClientApp and in
-VisualMixer, VisualMixer's retries), to see where a round's time went: a call with retries
-(images whose first shuffle fell short of the target) runs nearly twice the operators
-(``simulations.bench.retries``).
+VisualMixer, VisualMixer's retries), to see where a round's time went.
 """
 
 from __future__ import annotations
