@@ -7,14 +7,14 @@ For output image ``b``, channel ``c``, region ``j`` and pixel ``p`` the source i
 * ``pi`` (spatial) permutes the blocks of the region's rung, independently per channel, so a
   pixel's R, G and B values come from different places;
 * ``sigma`` (chromatic, optional) permutes the channel order per region;
-* ``rho`` (region scope, optional) moves whole regions within k x k groups of regions, so
-  the region means (the "mosaic" every in-region shuffle leaves behind) move too.
+* ``rho`` (region scope, optional) moves whole regions within k x k groups, so the region
+  means (the mosaic every in-region shuffle leaves) move too.
 
 No value is created or changed, so every output region holds exactly the multiset of values
 of its source region, and the uint8 path never leaves uint8.
 
-Drawing an independent uniform permutation of ``r*r`` pixels for every (image, channel,
-region) by sorting random keys costs many times more than the gather itself. Instead, each
+Sorting random keys for every (image, channel, region) would cost many times the gather,
+so each
 call draws, per rung in use, a fresh pool of uniform block permutations, and the output
 rows of that rung are dealt to the pool entries in a random order (row ``t`` of a random
 ordering of the rung's (image, region) pairs, each pair's channels side by side, takes

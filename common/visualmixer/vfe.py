@@ -22,8 +22,7 @@ the 0..255 scale) carry no arrangement: :func:`region_vfe` reports them as NaN a
 VFE is the mean over the other (channel, region) pairs (an image flat everywhere scores 1.0),
 so a mostly empty image cannot reach a target without its informative regions touched.
 
-Images must tile exactly into regions; other sizes raise ``ValueError`` (see
-:func:`~common.visualmixer._checks.check_region_size`).
+Images must tile exactly into regions; other sizes raise ``ValueError``.
 """
 
 from __future__ import annotations
