@@ -14,11 +14,10 @@ No value is created or changed, so every output region holds exactly the multise
 of its source region, and the uint8 path never leaves uint8.
 
 Sorting random keys for every (image, channel, region) would cost many times the gather,
-so each
-call draws, per rung in use, a fresh pool of uniform block permutations, and the output
-rows of that rung are dealt to the pool entries in a random order (row ``t`` of a random
-ordering of the rung's (image, region) pairs, each pair's channels side by side, takes
-entry ``t mod size``, so a region's channels never share an entry). Each region's
+so each call draws, per rung in use, a fresh pool of uniform block permutations, and deals
+the rung's rows to its entries in a random order (row ``t`` of a random ordering of the
+(image, region) pairs, channels side by side, takes entry ``t mod size``: a region's
+channels never share an entry). Each region's
 arrangement is therefore exactly uniformly distributed, but within one call about
 ``count / size`` region-channels share each entry; a pool holds one entry per ``REUSE``
 region-channels of its rung, between ``MIN_POOL`` and ``POOL_SIZE``. The rows of a rung,
