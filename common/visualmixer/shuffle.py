@@ -10,8 +10,7 @@ For output image ``b``, channel ``c``, region ``j`` and pixel ``p`` the source i
 * ``rho`` (region scope, optional) moves whole regions within k x k groups, so the region
   means (the mosaic every in-region shuffle leaves) move too.
 
-No value is created or changed, so every output region holds exactly the multiset of values
-of its source region, and the uint8 path never leaves uint8.
+No value is created or changed: every output region holds its source region's multiset.
 
 Sorting random keys for every (image, channel, region) would cost many times the gather,
 so each call draws, per rung in use, a fresh pool of uniform block permutations, and deals
