@@ -7,7 +7,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from .base import DefenseConfigError, ImageDefense, ImageTransform, Option
 
@@ -17,6 +16,8 @@ if TYPE_CHECKING:
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """uint8 (B, C, H, W) blurred with a Gaussian of ``sigma`` pixels."""
+    from torchvision.transforms.v2 import functional as TF  # imported when a node blurs
+
     side = min(images.shape[-2:])
     kernel = min(2 * math.ceil(3 * sigma) + 1, side - 1 + side % 2)
     return TF.gaussian_blur(images, [kernel, kernel], [sigma, sigma])

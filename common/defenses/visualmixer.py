@@ -19,12 +19,13 @@ shuffled (docs/deploy.md, "What the privacy guard establishes").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from common.training import RecordingMixer
-from common.visualmixer import VisualMixer as VisualMixerTransform
+from common.visualmixer import Obfuscation, obfuscate
 from common.visualmixer.vfe import region_vfe
 
 from .base import UPLOADS, Chart, Defense, DefenseConfigError, ImageTransform, MetricSpec
@@ -63,10 +64,28 @@ def guard_failures(images: torch.Tensor, region_size: int, floor: float) -> list
     return reasons
 
 
+@dataclass(frozen=True)
+class MixerSettings:
+    """A run's VisualMixer: :func:`common.visualmixer.obfuscate` with its settings (the
+    torchvision-style class would import torchvision on every node for nothing)."""
+
+    target_vfe: float
+    region_size: int
+    region_scope: int
+    seed: int | None = None
+
+    def obfuscate(self, images: torch.Tensor) -> Obfuscation:
+        return obfuscate(images, self.target_vfe, region_size=self.region_size, region_scope=self.region_scope,
+                         seed=self.seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.obfuscate(images).images
+
+
 class MixerTransform(ImageTransform):
     """VisualMixer as a client runs it: also reports the mean VFE sent and the retries."""
 
-    def __init__(self, mixer: VisualMixerTransform) -> None:
+    def __init__(self, mixer: MixerSettings) -> None:
         self.recording = RecordingMixer(mixer)  # times itself, waiting for CUDA too
         super().__init__(self.recording)
 
@@ -120,11 +139,9 @@ class VisualMixer(Defense):
         is scrambled too, which was not measured, so the default model stays."""
         return "region-invariant" if config.region_scope == 1 else None
 
-    def transform(self, config: RunConfig, seed: int | None = None) -> VisualMixerTransform:
+    def transform(self, config: RunConfig, seed: int | None = None) -> MixerSettings:
         """The bare transform of this run's ``target-vfe``, ``region-size`` and ``region-scope``."""
-        return VisualMixerTransform(
-            config.target_vfe, region_size=config.region_size, region_scope=config.region_scope, seed=seed
-        )
+        return MixerSettings(config.target_vfe, config.region_size, config.region_scope, seed)
 
     def image_transform(self, config: RunConfig, seed: int | None = None) -> MixerTransform:
         return MixerTransform(self.transform(config, seed))

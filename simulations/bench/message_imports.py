@@ -1,0 +1,75 @@
+"""What importing the ClientApp costs a deployed node, per message (Flower starts a fresh
+ClientApp process for every message): wall seconds and peak memory of a fresh process
+that imports it, side by side with the same import preceded by what it used to pull in.
+
+    python -m simulations.bench.message_imports [--repeats 7]
+
+Arms, each a fresh ``python -c`` process, run in turns so machine noise hits them alike:
+
+* ``client-app``: ``import client.client_app``, as a node's ClientApp process does;
+* ``client-app+torchvision``: ``import torchvision`` first (the transform's torchvision
+  class used to bring in torchvision's models and ops on every node);
+* ``client-app+opacus``: ``import opacus`` first, what a DP-SGD message adds.
+
+One JSON line per arm: median import seconds (inside the process), median process seconds
+(start to exit), median peak RSS in MB, and the ratios to ``client-app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ARMS = {
+    "client-app": "",
+    "client-app+torchvision": "import torchvision\n",
+    "client-app+opacus": "import opacus\n",
+}
+PROBE = """
+import resource, time
+start = time.perf_counter()
+{extra}import client.client_app
+seconds = time.perf_counter() - start
+print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def measure(extra: str) -> tuple[float, float, float]:
+    """(import seconds, process seconds, peak RSS MB) of one fresh process."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", PROBE.format(extra=extra)], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    process = time.perf_counter() - start
+    seconds, rss = map(float, result.stdout.split())
+    return seconds, process, rss
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ARMS}
+    for repeat in range(args.repeats + 1):  # the first round warms the disk cache, not counted
+        for name, extra in ARMS.items():
+            sample = measure(extra)
+            if repeat:
+                runs[name].append(sample)
+    medians = {name: [statistics.median(column) for column in zip(*samples, strict=True)]
+               for name, samples in runs.items()}
+    base = medians["client-app"]
+    for name, (seconds, process, rss) in medians.items():
+        print(json.dumps({
+            "arm": name, "import_seconds": round(seconds, 3), "process_seconds": round(process, 3),
+            "peak_rss_mb": round(rss, 1), "import_ratio": round(seconds / base[0], 3),
+            "rss_ratio": round(rss / base[2], 3), "repeats": args.repeats,
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
