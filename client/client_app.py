@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from client.exchanges import client_exchange
+from client.timing import StageTimer
 from common.data import DataError
 from common.protocol import MESSAGES
 
@@ -46,8 +47,18 @@ app = ClientApp(mods=[data_errors_as_replies])
 
 
 def handle(msg: Message, context: Context) -> Message:
-    """Any message of the protocol, answered by the run's exchange."""
-    return client_exchange(context).handle(msg)
+    """Any message of the protocol, answered by the run's exchange; the reply's metrics
+    also say where the message's time went (``client/timing.py``)."""
+    timer = StageTimer()
+    with timer.stage("setup"):
+        exchange = client_exchange(context)
+    with timer.stage("handler"):
+        reply = exchange.handle(msg)
+    stages = timer.finish()
+    log.debug("%s: %s", msg.metadata.message_type, " ".join(f"{k}={v:g}" for k, v in stages.items()))
+    if reply.has_content() and "metrics" in reply.content:
+        reply.content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), **stages})
+    return reply
 
 
 for _message in MESSAGES.values():

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from common.protocol import QUERY_ACTIVATIONS, QUERY_IMAGES
+from common.protocol import QUERY_ACTIVATIONS, QUERY_IMAGES, STAGE_METRICS
 
 
 class PayloadError(ValueError):
@@ -109,10 +109,12 @@ def check_weights(
 def check_metrics(
     metrics: Mapping[str, object], expected: frozenset[str], specs: Mapping[str, tuple[type, float, float | None]]
 ) -> dict[str, float | int]:
-    """``metrics`` with exactly the ``expected`` keys (``common.protocol.expected_metrics``),
-    each a finite number of its type in its range: ``specs[key]`` is (type, lowest, highest)."""
+    """``metrics`` with exactly the ``expected`` keys (``common.protocol.expected_metrics``)
+    and any of the optional stage timings (``STAGE_METRICS``), each a finite number of its
+    type in its range: ``specs[key]`` is (type, lowest, highest)."""
     keys = set(metrics)
-    if keys != expected:
+    if keys - STAGE_METRICS.keys() != expected:
+        keys = keys - STAGE_METRICS.keys()
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         raise PayloadError(f"metrics keys differ from the protocol's: missing {missing}, unexpected {extra}")
     checked: dict[str, float | int] = {}

@@ -78,6 +78,12 @@ METRICS: dict[str, tuple[type, float, float | None]] = {
     "eval-accuracy": (float, 0.0, 1.0),
     "eval-loss": (float, 0.0, None),
 }
+# What the ClientApp says of its own cost (client/timing.py): any reply may carry them, none
+# must. The server keeps them in events.jsonl; nothing is computed from them.
+STAGE_METRICS: dict[str, tuple[type, float, float | None]] = {
+    key: (float, 0.0, None)
+    for key in ("stage-startup", "stage-setup", "stage-handler", "cpu-seconds", "peak-rss-mb")
+}
 
 
 def expected_metrics(message_type: str, defense: Defense, metrics: Mapping[str, Any]) -> frozenset[str]:
@@ -93,4 +99,4 @@ def expected_metrics(message_type: str, defense: Defense, metrics: Mapping[str, 
 
 def metric_specs(defense: Defense) -> dict[str, tuple[type, float, float | None]]:
     """(type, lowest, highest) of every metric a reply may carry under ``defense``."""
-    return {**METRICS, **defense.metric_specs}
+    return {**METRICS, **STAGE_METRICS, **defense.metric_specs}

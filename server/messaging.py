@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.payloads import PayloadError
+from common.protocol import STAGE_METRICS
 from common.run_config import RunConfig
 
 log = logging.getLogger("flwr")
@@ -51,6 +52,13 @@ def check_records(reply: Message, arrays: bool) -> None:
     expected = {"array": ["arrays"] if arrays else [], "metric": ["metrics"], "config": []}
     if found != expected:
         raise PayloadError(f"the reply's records are {found}, but the protocol names {expected}")
+
+
+def stage_metrics(reply: Message) -> dict[str, float]:
+    """The ClientApp's timings of its reply (``common.protocol.STAGE_METRICS``), already
+    checked by the reply's validation."""
+    metrics = reply_metrics(reply)
+    return {k: float(metrics[k]) for k in STAGE_METRICS if k in metrics}
 
 
 def reply_metrics(reply: Message) -> dict[str, Any]:
@@ -112,12 +120,13 @@ class Messenger:
         self.down = 0
         self.rejected = 0
 
-    def event(self, outcome: str, node: int, what: str, reason: str = "") -> None:
+    def event(self, outcome: str, node: int, what: str, reason: str = "", **extra: float) -> None:
+        """``extra``: figures the reply gave of itself (the ClientApp's stage timings)."""
         if self._record is not None:
             # Node ids are 64-bit: kept as strings so JSON readers without 64-bit integers
             # (JavaScript's numbers) do not round them.
             row = {"round": self.server_round, "node": str(node), "what": what, "outcome": outcome, "time": round(time.time(), 3)}
-            self._record({**row, "reason": reason} if reason else row)
+            self._record({**row, **({"reason": reason} if reason else {}), **extra})
 
     def node_ids(self) -> list[int]:
         """The connected nodes, waiting up to ``round-timeout`` for ``min-replies`` of them."""
@@ -189,7 +198,7 @@ class Messenger:
                 self.rejected += 1
                 self.event("rejected", node, reply.metadata.message_type, reason)
             else:
-                self.event("accepted", node, reply.metadata.message_type)
+                self.event("accepted", node, reply.metadata.message_type, **stage_metrics(reply))
         if required and len(kept) < self.config.min_replies:
             raise RoundFailed(f"{len(kept)} valid {what} replies, fewer than min-replies={self.config.min_replies}")
         return kept

@@ -481,3 +481,22 @@ def test_non_finite_figures_are_written_as_strict_json(tmp_path):
     line = (tmp_path / "nan" / "metrics.jsonl").read_text()
     assert json.loads(line) == {"round": 1, "train-loss": None, "per-node": {"1": None}}
     assert "NaN" not in line and "Infinity" not in line
+
+
+def test_every_reply_says_where_its_time_went_and_the_server_keeps_it(tmp_path):
+    """Stage timings (client/timing.py) ride on every reply and land in events.jsonl; a
+    reply may leave them out, and one out of range is rejected like any bad metric."""
+    grid, _, _, folder = run(tmp_path, "stages", exchange="activations", **{"num-server-rounds": 1})
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    accepted = [e for e in events if e.get("outcome") == "accepted"]
+    assert {e["what"] for e in accepted} == {"query.activations", "train.apply_gradients", "evaluate"}
+    for event in accepted:
+        assert event["stage-handler"] > 0 and event["stage-setup"] >= 0 and event["peak-rss-mb"] > 0
+        assert event["stage-startup"] >= 0 and event["cpu-seconds"] >= 0
+    from common.payloads import PayloadError, check_metrics
+    from common.protocol import STAGE_METRICS
+
+    spec = {"num-examples": (int, 1, None), **STAGE_METRICS}
+    assert check_metrics({"num-examples": 3}, frozenset({"num-examples"}), spec) == {"num-examples": 3}
+    with pytest.raises(PayloadError, match="'stage-setup' must be >= 0.0"):
+        check_metrics({"num-examples": 3, "stage-setup": -1.0}, frozenset({"num-examples"}), spec)

@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common.data import DATASETS
 from common.payloads import PayloadError, check_weights
-from common.protocol import TRAIN
+from common.protocol import STAGE_METRICS, TRAIN
 from common.run_config import STRATEGIES, RunConfig
 from server.exchanges.base import Exchange, Kept, client_train_metrics
 from server.messaging import Messenger, RoundFailed, reply_arrays
@@ -75,6 +75,9 @@ class WeightsExchange(Exchange):
 
     def update(self, server_round: int, kept: Kept, messenger: Messenger) -> dict[str, Any]:
         kept, bounds = self.bound_replies(kept, messenger)
+        for reply, _ in kept:  # the strategy averages metrics and needs the same keys in every reply
+            metrics = {k: v for k, v in reply.content["metrics"].items() if k not in STAGE_METRICS}
+            reply.content["metrics"] = MetricRecord(metrics)
         arrays, _ = self.strategy.aggregate_train(server_round, [reply for reply, _ in kept])
         if arrays is None:
             raise RoundFailed("the strategy returned no aggregate")

@@ -353,6 +353,13 @@ async function compareFolder(name) {
 }
 
 // ---- nodes page ----------------------------------------------------------------------------
+// What the ClientApp reported of its last message (client/timing.py): seconds per stage.
+function stageText(e) {
+  if (!e || typeof e["stage-handler"] !== "number") return "–";
+  const s = (k) => `${e[k].toFixed(2)} s`;
+  return `start ${s("stage-startup")}, setup ${s("stage-setup")}, work ${s("stage-handler")}; CPU ${s("cpu-seconds")}, ${Math.round(e["peak-rss-mb"])} MB`;
+}
+
 async function refreshNodes() {
   const params = new URLSearchParams(location.search);
   const d = await api(`/api/nodes${params.get("run") ? `?run=${encodeURIComponent(params.get("run"))}` : ""}`);
@@ -362,10 +369,11 @@ async function refreshNodes() {
     d["superlink-error"] ? h("div", { class: "note" }, d["superlink-error"]) : null,
     !d.superlink ? h("div", { class: "note" }, "Started without --superlink: only the nodes seen in the run's replies are listed.") : null,
     h("p", { class: "muted" }, d.run ? `Last reply of each node in run ${d.run}.` : "No run yet."),
-    d.nodes.length ? h("table", { id: "nodes" }, h("tr", {}, ["node", "status", "online since", "offline at", "last reply"].map((c) => h("th", {}, c))),
+    d.nodes.length ? h("table", { id: "nodes" }, h("tr", {}, ["node", "status", "online since", "offline at", "last reply", "its cost on the node"].map((c) => h("th", {}, c))),
       d.nodes.map((n) => h("tr", {}, h("td", {}, n["node-id"]), h("td", {}, n.status || "–"), h("td", {}, n["online-at"] || "–"),
         h("td", {}, n["offline-at"] || "–"),
-        h("td", {}, n["last-reply"] ? `round ${n["last-reply"].round} ${n["last-reply"].what}: ${n["last-reply"].outcome}${n["last-reply"].reason ? ` (${n["last-reply"].reason})` : ""}` : "–"))))
+        h("td", {}, n["last-reply"] ? `round ${n["last-reply"].round} ${n["last-reply"].what}: ${n["last-reply"].outcome}${n["last-reply"].reason ? ` (${n["last-reply"].reason})` : ""}` : "–"),
+        h("td", { class: "stages" }, stageText(n["last-reply"])))))
       : h("p", { class: "muted" }, "No nodes known."),
   );
 }
