@@ -18,9 +18,9 @@ from common.defenses import DEFENSES, Defense, ImageTransform, get_defense
 from common.protocol import EXCHANGES
 from common.run_config import RunConfig, parse_run_config
 
-# How a run-config key reads in an arm's label (others as they are).
-SHORT = {"target-vfe": "vfe", "region-scope": "scope", "region-size": "r", "target-epsilon": "eps",
-         "blur-sigma": "sigma"}
+# How a shared run-config key reads in an arm's label; a defense's own keys say it in their
+# ``Option.short``; others read as they are.
+SHORT = {"target-vfe": "vfe", "region-scope": "scope", "region-size": "r", "target-epsilon": "eps"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ class Arm:
         default at this image size."""
         swept = {k for s in self.defense_plugin.comparison_sweep for k in s}
         defaults = parse_run_config({"image-size": self.image_size}).to_dict()
-        parts = [f"{SHORT.get(k, k)}{v:g}" for k, v in self.settings if k in swept or defaults.get(k) != v]
+        short = {**SHORT, **{k: o.short or k for k, o in self.defense_plugin.options.items()}}
+        parts = [f"{short.get(k, k)}{v:g}" for k, v in self.settings if k in swept or defaults.get(k) != v]
         return "+".join(parts) or "-"
 
     @property

@@ -18,14 +18,15 @@ def test_matrix_covers_every_registered_defense_per_exchange_but_never_dp_with_i
     from common.defenses import DEFENSES
 
     arms = matrix()
-    # images: none, 3 targets, pixelate, blur, 2 scopes and a finer grid; the others: and DP.
-    assert len(arms) == 9 + 10 + 10
+    # images: none, 3 targets, pixelate, blur, DP-Pix at 2 epsilons, 2 scopes and a finer
+    # grid; the others: and DP-SGD.
+    assert len(arms) == 11 + 12 + 12
     assert not any(a.exchange == "images" and a.defense_plugin.trains_privately for a in arms)
     assert {a.defense for a in arms} == set(DEFENSES)
     for exchange in ("activations", "weights"):
         labels = {a.label for a in arms if a.exchange == exchange}
         assert labels == {"none", "vm-vfe0.5", "vm-vfe0.8", "vm-vfe1", "dp-eps1", "dp-eps3", "dp-eps8", "vm+dp-vfe0.8+eps8",
-                          "pix", "blur-sigma1.5"}
+                          "pix", "blur-sigma1.5", "dppix-eps1", "dppix-eps8"}
     assert {a.exchange for a in arms} == set(EXCHANGES)
     assert len({a.name for a in arms}) == len(arms)
 

@@ -37,7 +37,7 @@ def test_a_defense_refuses_the_exchanges_it_cannot_protect(defense):
 
 
 def test_the_registry_names_each_defense_once_and_composes_the_pair():
-    assert list(DEFENSES) == ["none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd", "pixelate", "blur"]
+    assert list(DEFENSES) == ["none", "visualmixer", "dp-sgd", "visualmixer+dp-sgd", "pixelate", "blur", "dp-pix"]
     pair = DEFENSES["visualmixer+dp-sgd"]
     assert isinstance(pair, Composite) and [p.name for p in pair.parts] == ["visualmixer", "dp-sgd"]
     assert pair.transforms_images and pair.trains_privately
@@ -110,3 +110,29 @@ def test_the_console_api_describes_each_defense():
     assert [c["id"] for c in described["visualmixer+dp-sgd"]["charts"]] == ["chart-vfe", "chart-obfuscation",
                                                                          "chart-epsilon"]
     assert described["blur"]["keys"] == ["blur-sigma"]
+
+
+def test_dp_pix_adds_laplace_noise_of_the_published_scale_and_is_reproducible_under_a_seed():
+    """Fan (2018): cell mean + Laplace(255 m / (b^2 epsilon)). On mid-grey cells (no clamping at
+    this scale) the noise's mean absolute value is the scale and its median is 0."""
+    from common.defenses.dp_pix import dp_pixelate, laplace_scale
+
+    images = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)
+    b, epsilon, m = 8, 4.0, 16
+    scale = laplace_scale(b, epsilon, m)
+    assert scale == pytest.approx(255 * 16 / (64 * 4))  # 15.9
+    generator = torch.Generator().manual_seed(0)
+    out = dp_pixelate(images, b, epsilon, m, generator)
+    cells = out[:, :, ::b, ::b].float() - 128  # 64 x 3 x 4 x 4 = 3072 draws
+    assert bool((out.unfold(2, b, b).unfold(3, b, b).flatten(-2).float().std(-1) == 0).all())  # every cell flat
+    assert cells.abs().mean().item() == pytest.approx(scale, rel=0.06)
+    assert abs(cells.median().item()) <= 1.0
+    assert (cells.abs() > 3 * scale).float().mean().item() == pytest.approx(torch.exp(torch.tensor(-3.0)).item(), abs=0.02)
+    config = parse_run_config({"defense": "dp-pix", "exchange": "images", "dp-pix-epsilon": 4.0})
+    first = config.active_defense.image_transform(config, 7)(images[:4])
+    assert torch.equal(first, config.active_defense.image_transform(config, 7)(images[:4]))
+    assert not torch.equal(first, config.active_defense.image_transform(config, 8)(images[:4]))
+    assert config.active_defense.guard(first, config) == [None] * 4
+    for key, bad in (("dp-pix-epsilon", 0), ("dp-pix-m", 0.5)):
+        with pytest.raises(ConfigError, match=f"{key}={bad!r}"):
+            parse_run_config({"defense": "dp-pix", key: bad})

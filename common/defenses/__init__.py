@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .base import Chart, Composite, Defense, DefenseConfigError, ImageDefense, ImageTransform, Option, PrivateRun
 from .blur import Blur
+from .dp_pix import DPPix
 from .dp_sgd import DPSGD
 from .pixelate import Pixelate
 from .visualmixer import VisualMixer
@@ -24,6 +25,7 @@ DEFENSES: dict[str, Defense] = {
         Composite(_visualmixer, _dp_sgd, sweep=({"target-vfe": 0.8, "target-epsilon": 8.0},)),
         Pixelate(),
         Blur(),
+        DPPix(),
     )
 }
 

@@ -46,10 +46,12 @@ class DefenseConfigError(ValueError):
 @dataclass(frozen=True)
 class Option:
     """A run-config key that one defense adds: its parser (value -> typed value, raising
-    ``DefenseConfigError`` naming the key) and one line for the docs."""
+    ``DefenseConfigError`` naming the key), one line for the docs, and how it reads in a
+    comparison arm's label (``short``; the key itself when None)."""
 
     parse: Callable[[str, Any], Any]
     doc: str
+    short: str | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class Blur(ImageDefense):
     name = "blur"
     summary = "a Gaussian blur of blur-sigma pixels"
     abbreviation = "blur"
-    options = {"blur-sigma": Option(_sigma, "standard deviation of the blur in pixels")}
+    options = {"blur-sigma": Option(_sigma, "standard deviation of the blur in pixels", "sigma")}
     comparison_sweep = ({"blur-sigma": 1.5},)
 
     def image_transform(self, config: RunConfig, seed: int | None = None) -> ImageTransform:

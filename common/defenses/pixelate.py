@@ -34,8 +34,12 @@ class Pixelate(ImageDefense):
         return config.region_size, config.region_size  # whole regions keep the grid
 
     def guard(self, images: torch.Tensor, config: RunConfig) -> list[str | None]:
-        r = config.region_size
-        x = images.float()
-        spread = F.max_pool2d(x, r) + F.max_pool2d(-x, r)  # max - min per region and channel
-        busy = (spread > 0).flatten(1).float().mean(1)
-        return [None if share == 0 else f"{share:.0%} of regions are not flat: not pixelated" for share in busy.tolist()]
+        return unflat_regions(images, config.region_size)
+
+
+def unflat_regions(images: torch.Tensor, region_size: int) -> list[str | None]:
+    """Per image, why it is not pixelated (a region whose values differ), or None."""
+    x = images.float()
+    spread = F.max_pool2d(x, region_size) + F.max_pool2d(-x, region_size)  # max - min per region and channel
+    busy = (spread > 0).flatten(1).float().mean(1)
+    return [None if share == 0 else f"{share:.0%} of regions are not flat: not pixelated" for share in busy.tolist()]
