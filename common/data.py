@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,12 @@ def load_dataset(
     if name == "shapes":
         # Different seeds per split so that test images are never training images.
         offset = 0 if split == "train" else 1_000_003
-        images, labels = generate_shapes(SHAPES_SIZES[split], seed + offset)
-        return ImageSet(resize_images(images, image_size), labels, SHAPE_CLASSES)
+
+        def generate() -> ImageSet:
+            images, labels = generate_shapes(SHAPES_SIZES[split], seed + offset)
+            return ImageSet(resize_images(images, image_size), labels, SHAPE_CLASSES)
+
+        return cached_on_disk(f"shapes-{shapes_version()}-{split}-{seed}-{image_size}", generate)
     if data_dir is None or str(data_dir) == "":
         raise DataError(
             f"dataset {name!r} needs data-dir: the folder that holds it"
@@ -175,6 +180,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "visualmixer"
 
 
+@functools.lru_cache(maxsize=1)
+def shapes_version() -> str:
+    """A digest of the generator's source: a changed generator makes new cache files."""
+    return hashlib.sha256(Path(generate_shapes.__code__.co_filename).read_bytes()).hexdigest()[:12]
+
+
+def cached_on_disk(name: str, make: Callable[[], ImageSet]) -> ImageSet:
+    """``make()``, kept in ``cache_dir()/<name>.pt`` and memory-mapped from there by later
+    processes (a deployed node starts one per message: opening takes milliseconds)."""
+    path = cache_dir() / f"{name}.pt"
+    if path.exists():
+        try:
+            data = torch.load(path, weights_only=True, mmap=True)
+            return ImageSet(data["images"], data["labels"], tuple(data["classes"]))
+        except (OSError, RuntimeError, KeyError, EOFError):
+            pass  # unreadable: make it again and rewrite it
+    result = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"images": result.images, "labels": result.labels, "classes": list(result.classes)}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("Could not cache %s in %s (%s); set %s", name, path.parent, err, CACHE_ENV)
+    return result
+
+
 def _folder_key(samples: list[tuple[str, int]], image_size: int, bad_images: str) -> str:
     digest = hashlib.sha256(f"{image_size} {bad_images}".encode())
     for path, label in samples:
@@ -212,7 +244,7 @@ def read_folder(root: str, split: str, image_size: int, bad_images: str = "skip"
     cached = cache_dir() / f"folder-{_folder_key(tree.samples, image_size, bad_images)}.pt"
     if cached.exists():
         try:
-            data = torch.load(cached, weights_only=True)
+            data = torch.load(cached, weights_only=True, mmap=True)
             failed = tuple(data.get("failed", ()))
             return ImageSet(data["images"], data["labels"], tuple(tree.classes)), failed
         except (OSError, RuntimeError, KeyError, EOFError):

@@ -3,12 +3,15 @@
 same settings and seed, for each exchange.
 
     python -m simulations.bench.deployment [--exchanges weights,images,activations] [--nodes 2] [--rounds 4]
+        [--node-threads N]
 
 Prints one JSON line per exchange: the median round seconds from round 2 on (round 1
 starts processes) deployed and simulated and their ratio, and per message type the median
 of what the ClientApp reported of the message (``client/timing.py``: process start to app
-loaded, setup, the handler, CPU seconds, peak memory) on the deployed nodes. Every process
-started here is stopped by pid.
+loaded, setup, the handler, CPU seconds, peak memory) on the deployed nodes. The
+SuperNodes share this machine's cores, as separate devices would not: each gets
+``--node-threads`` OpenMP threads (default: cores / nodes), as Ray gives each simulated
+ClientApp actor its CPU. Every process started here is stopped by pid.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def flwr_json(env: dict[str, str], *args: str) -> dict:
 class LocalFederation:
     """A SuperLink and ``nodes`` SuperNodes (partition i of ``nodes``) on 127.0.0.1."""
 
-    def __init__(self, home: Path, nodes: int) -> None:
+    def __init__(self, home: Path, nodes: int, node_threads: int) -> None:
         self.home, self.env, self.procs = home, environment(home), []
         port = free_port()
         logs = home / "logs"
@@ -63,6 +66,7 @@ class LocalFederation:
         self._start(logs / "superlink.log", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
                     "--database", str(home / "state.db"))
         for i in range(nodes):
+            self._start_env = {"OMP_NUM_THREADS": str(node_threads)}
             self._start(logs / f"supernode{i}.log", "flower-supernode", "--insecure", "--superlink",
                         f"127.0.0.1:{port}", "--port", str(free_port()),
                         "--node-config", f"partition-id={i} num-partitions={nodes}")
@@ -81,7 +85,8 @@ class LocalFederation:
 
     def _start(self, log: Path, *command: str) -> None:
         out = open(log, "w")
-        self.procs.append(subprocess.Popen([str(BIN / command[0]), *command[1:]], env=self.env, stdout=out,
+        env = {**self.env, **getattr(self, "_start_env", {})}
+        self.procs.append(subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=out,
                                            stderr=subprocess.STDOUT, cwd=self.home))
 
     def run(self, overrides: str, timeout: float = 1800) -> str:
@@ -127,9 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--run-config", default="", help="more run-config overrides for both runs")
+    parser.add_argument("--node-threads", type=int, default=0, help="OpenMP threads per SuperNode (0: cores / nodes)")
     args = parser.parse_args(argv)
+    threads = args.node_threads or max(1, (os.cpu_count() or 1) // args.nodes)
     work = Path(tempfile.mkdtemp(prefix="bench-deployment-"))
-    federation = LocalFederation(work / "deployed-home", args.nodes)
+    federation = LocalFederation(work / "deployed-home", args.nodes, threads)
     try:
         for exchange in [x for x in args.exchanges.split(",") if x]:
             common = (f"exchange='{exchange}' num-server-rounds={args.rounds} min-replies={args.nodes} "
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             later_deployed = statistics.median(deployed_rounds[1:] or deployed_rounds)
             later_simulated = statistics.median(simulated_rounds[1:] or simulated_rounds)
             print(json.dumps({
-                "exchange": exchange, "nodes": args.nodes, "rounds": args.rounds, "deployed_status": status,
+                "exchange": exchange, "nodes": args.nodes, "node_threads": threads, "rounds": args.rounds,
+                "deployed_status": status,
                 "simulated_exit": simulated.returncode,
                 "deployed_round_seconds": deployed_rounds, "simulated_round_seconds": simulated_rounds,
                 "deployed_median_later_rounds": later_deployed, "simulated_median_later_rounds": later_simulated,
