@@ -119,7 +119,7 @@ def mark_stopped(run_config: str, message: str) -> None:
     from flwr.common.config import parse_config_args
 
     from common.run_config import app_defaults
-    from common.run_store import RunStore
+    from server.run_store import RunStore
 
     values = {**app_defaults(), **parse_config_args([run_config] if run_config else [])}
     output_dir = Path(str(values["output-dir"])).expanduser()

@@ -85,3 +85,36 @@ def test_simulations_never_branch_on_a_defense_name():
     hits = [f"{path.relative_to(ROOT)}:{i}" for path in (ROOT / "simulations").rglob("*.py")
             for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert hits == []
+
+
+def test_every_import_of_the_projects_own_modules_resolves():
+    """Imports inside functions run only when the function does; each must still name a
+    module and names that exist (a moved module must not leave one behind)."""
+    import importlib
+
+    own = {"common", "client", "server", "simulations"}
+    missing = []
+    for package in sorted(own):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules, names = [node.module], [a.name for a in node.names]
+                elif isinstance(node, ast.Import):
+                    modules, names = [a.name for a in node.names], []
+                else:
+                    continue
+                for module in modules:
+                    if module.split(".")[0] not in own:
+                        continue
+                    try:
+                        loaded = importlib.import_module(module)
+                    except ImportError as err:
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {module} ({err})")
+                        continue
+                    for name in names:
+                        if not hasattr(loaded, name):
+                            try:
+                                importlib.import_module(f"{module}.{name}")
+                            except ImportError:
+                                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {module}.{name}")
+    assert missing == []
