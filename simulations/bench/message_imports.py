@@ -1,14 +1,14 @@
 """What importing the ClientApp costs a deployed node, per message (Flower starts a fresh
 ClientApp process for every message): wall seconds and peak memory of a fresh process
-that imports it, side by side with the same import preceded by what it used to pull in.
+that imports it, side by side with the same import preceded by torchvision or Opacus.
 
     python -m simulations.bench.message_imports [--repeats 7]
 
 Arms, each a fresh ``python -c`` process, run in turns so machine noise hits them alike:
 
 * ``client-app``: ``import client.client_app``, as a node's ClientApp process does;
-* ``client-app+torchvision``: ``import torchvision`` first (the transform's torchvision
-  class used to bring in torchvision's models and ops on every node);
+* ``client-app+torchvision``: ``import torchvision`` first (what the transform's
+  torchvision class brings: torchvision's models and ops);
 * ``client-app+opacus``: ``import opacus`` first, what a DP-SGD message adds.
 
 One JSON line per arm: median import seconds (inside the process), median process seconds
