@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from common.attacks import (
+    ATTACKS,
     NON_ADAPTIVE,
     cached_recogniser,
     client_update,
@@ -56,6 +57,7 @@ from common.attacks.metrics import as_unit
 from common.attacks.registry import names
 from common.data import ImageSet, load_dataset
 from common.models import build_model, split_model
+from common.protocol import EXCHANGES
 from common.training import evaluate, resolve_device
 
 # Fewest images an attack must be scored on for its recognition rate to pick the best attack.
@@ -127,6 +129,10 @@ class AttackStage:
         self._inverse: dict[tuple, torch.nn.Module] = {}
         self._decoders: dict[tuple, torch.nn.Module] = {}
         self._adaptive: dict[tuple, torch.nn.Module] = {}
+
+    def has_inverse(self, arm) -> bool:
+        """Whether the learned inverse for the arm's settings is trained already."""
+        return _setting(arm) in self._inverse
 
     def inverse_net(self, arm) -> torch.nn.Module:
         """The learned inverse for the arm's settings, scope included (the attacker knows them)."""
@@ -257,7 +263,8 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
     """
     stage = AttackStage(preset, data, public, seed, out / "cache")
     for arm in arms:
-        if arm.defense_plugin.transforms_images and arm.exchange != "activations" and _setting(arm) not in stage._inverse:
+        reads_images = ATTACKS["inverse-net"].reads == arm.exchange or ATTACKS["gi+inverse-net"].reads == arm.exchange
+        if arm.defense_plugin.transforms_images and reads_images and not stage.has_inverse(arm):
             tqdm.write(f"[attacks] inverse network for {arm.setting}: {preset.inverse_steps} steps")
             stage.inverse_net(arm)  # before the first run ends: nothing else to do yet
     rows, curves, gallery = [], {}, {}
@@ -280,7 +287,7 @@ def attack_all(arms, status_of, preset, data: Path, public: ImageSet, out: Path,
         row["bytes_per_round"] = sum(r["bytes-up"] + r["bytes-down"] for r in history) / len(history)
         model = stage.model(out, arm)
         classified: dict[str, tuple[float, int]] = {}
-        if arm.exchange == "activations":
+        if not EXCHANGES[arm.exchange].server_holds_model:
             # The server holds only the top: its accuracy is the clients' federated evaluation.
             row["test_accuracy"], row["accuracy_source"] = last.get("federated-accuracy"), "federated held-out"
             found = stage.activations_attacks(arm, model)

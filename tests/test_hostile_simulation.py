@@ -59,9 +59,11 @@ def test_one_hostile_node_of_three_does_not_ruin_weights(simulation_env, hostile
     assert all("update-bound" in e["reason"] for e in updates)
     assert len({e["node"] for e in updates + lies}) == 1  # one node, named each time
     assert all(r["federated-accuracy"] < 0.99 and r["federated-nodes"] == 2 for r in hostile)
-    # Not ruined: no more than 3 points below the honest run (its two honest nodes may do
-    # better than three; honest runs at one seed differ by a few points between runs).
-    assert hostile[-1]["central-accuracy"] >= honest[-1]["central-accuracy"] - 0.03, (honest[-1], hostile[-1])
+    # Not ruined: the attack unopposed leaves the model at chance (0.1). Runs at one seed are
+    # not reproducible through Ray (honest ones measured 0.58-0.71, docs/deploy.md), so the
+    # bound allows that spread: within 15 points of the honest run, and well above chance.
+    floor = max(0.3, honest[-1]["central-accuracy"] - 0.15)
+    assert hostile[-1]["central-accuracy"] >= floor, (honest[-1], hostile[-1])
 
 
 @pytest.mark.slow
