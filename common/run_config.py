@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AUGMENTATIONS
+from .config_values import ConfigError, number
 from .data import BAD_IMAGES, DATASETS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .defaults import MAX_TARGET_VFE, default_region_size
-from .defenses import DEFENSES, Defense, DefenseConfigError, get_defense
+from .defenses import DEFENSES, Defense, get_defense
 from .models import INPUT_NORMS, MODELS, num_stages
 from .protocol import EXCHANGES
 from .training import OPTIMIZERS
@@ -50,10 +51,6 @@ OPERATIONAL_KEYS = frozenset(
      "max-abs-value", "max-examples-per-reply", "vfe-tolerance", "plateau-rounds", "plateau-margin",
      "update-bound", "activation-bound", "examples-share"}
 )
-
-
-class ConfigError(ValueError):
-    """A run-config value that cannot be used; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -152,22 +149,10 @@ def _choice(key: str, value: Any, allowed: Mapping[str, Any] | tuple[str, ...]) 
     return value
 
 
-def _number(key: str, value: Any, kind: type, minimum: float, maximum: float | None = None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"run-config {key}={value!r} must be a number")
-    if kind is int and float(value) != int(value):
-        raise ConfigError(f"run-config {key}={value!r} must be a whole number")
-    value = kind(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ConfigError(f"run-config {key}={value!r} must be {bound}")
-    return value
-
-
 def _bound(key: str, value: Any) -> float:
     """A multiple of the round's median: 0 (off) or at least 1 (below 1 it would cut the
     median node itself)."""
-    bound = _number(key, value, float, 0.0)
+    bound = number(key, value, float, 0.0)
     if 0 < bound < 1:
         raise ConfigError(f"run-config {key}={bound!r} must be 0 (off) or >= 1: a multiple of the round's median")
     return bound
@@ -200,17 +185,17 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     if exchange in (refused := get_defense(defense).refused_exchanges):
         raise ConfigError(f"run-config defense={defense!r} with exchange={exchange!r} is refused: {refused[exchange]}")
     model = _choice("model", value("model"), (AUTO_MODEL, *MODELS))
-    image_size = _number("image-size", value("image-size"), int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    image_size = number("image-size", value("image-size"), int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if image_size % 2:
         raise ConfigError(f"run-config image-size={image_size} must be even: regions are powers of two that divide it")
-    region_size = _number("region-size", value("region-size"), int, 0) or default_region_size(image_size)
+    region_size = number("region-size", value("region-size"), int, 0) or default_region_size(image_size)
     if region_size < 2 or region_size & (region_size - 1) or image_size % region_size:
         sizes = [2**k for k in range(1, 10) if image_size % 2**k == 0]
         raise ConfigError(
             f"run-config region-size={region_size} must be a power of two that divides image-size={image_size}: "
             f"{', '.join(map(str, sizes))}, or 0 (image-size / 4)"
         )
-    region_scope = _number("region-scope", value("region-scope"), int, 0)
+    region_scope = number("region-scope", value("region-scope"), int, 0)
     server_augment = _choice("server-augment", value("server-augment"), AUGMENTATIONS)
     run_name = _text("run-name", value("run-name"))
     if "/" in run_name or run_name in (".", ".."):
@@ -224,10 +209,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     for name, option in {k: o for d in DEFENSES.values() for k, o in d.options.items()}.items():
         if name not in merged:
             raise ConfigError(f"run-config has no value for {name} (a key of defense options) and no pyproject.toml default")
-        try:
-            options.append((name, option.parse(name, merged[name])))
-        except DefenseConfigError as err:
-            raise ConfigError(str(err)) from None
+        options.append((name, option.parse(name, merged[name])))
     config = RunConfig(
         exchange=exchange,
         defense=defense,
@@ -236,50 +218,47 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         bad_images=_choice("bad-images", value("bad-images"), BAD_IMAGES),
         image_size=image_size,
         partitioning=_choice("partitioning", value("partitioning"), PARTITIONINGS),
-        dirichlet_alpha=_number("dirichlet-alpha", value("dirichlet-alpha"), float, 1e-6),
-        num_server_rounds=_number("num-server-rounds", value("num-server-rounds"), int, 1),
-        local_steps=_number("local-steps", value("local-steps"), int, 1),
-        batch_size=_number("batch-size", value("batch-size"), int, 1),
-        upload_samples=_number("upload-samples", value("upload-samples"), int, 0),
-        server_steps=_number("server-steps", value("server-steps"), int, 1),
-        server_batch_size=_number("server-batch-size", value("server-batch-size"), int, 1),
+        dirichlet_alpha=number("dirichlet-alpha", value("dirichlet-alpha"), float, 1e-6),
+        num_server_rounds=number("num-server-rounds", value("num-server-rounds"), int, 1),
+        local_steps=number("local-steps", value("local-steps"), int, 1),
+        batch_size=number("batch-size", value("batch-size"), int, 1),
+        upload_samples=number("upload-samples", value("upload-samples"), int, 0),
+        server_steps=number("server-steps", value("server-steps"), int, 1),
+        server_batch_size=number("server-batch-size", value("server-batch-size"), int, 1),
         server_augment=server_augment,
-        learning_rate=_number("learning-rate", value("learning-rate"), float, 1e-12),
+        learning_rate=number("learning-rate", value("learning-rate"), float, 1e-12),
         optimizer=_choice("optimizer", value("optimizer"), OPTIMIZERS),
         model=model if model != AUTO_MODEL else DEFAULT_MODEL,
         input_norm=_choice("input-norm", value("input-norm"), INPUT_NORMS),
-        cut_layer=_number("cut-layer", value("cut-layer"), int, 1),
-        target_vfe=_number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
+        cut_layer=number("cut-layer", value("cut-layer"), int, 1),
+        target_vfe=number("target-vfe", value("target-vfe"), float, 0.0, MAX_TARGET_VFE),
         region_size=region_size,
         region_scope=region_scope,
         strategy=_choice("strategy", value("strategy"), STRATEGIES),
-        min_replies=_number("min-replies", value("min-replies"), int, 1),
-        round_timeout=_number("round-timeout", value("round-timeout"), float, 1.0),
-        plateau_rounds=_number("plateau-rounds", value("plateau-rounds"), int, 0),
-        plateau_margin=_number("plateau-margin", value("plateau-margin"), float, 0.0, 1.0),
-        max_abs_value=_number("max-abs-value", value("max-abs-value"), float, 1e-6),
-        max_examples_per_reply=_number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
+        min_replies=number("min-replies", value("min-replies"), int, 1),
+        round_timeout=number("round-timeout", value("round-timeout"), float, 1.0),
+        plateau_rounds=number("plateau-rounds", value("plateau-rounds"), int, 0),
+        plateau_margin=number("plateau-margin", value("plateau-margin"), float, 0.0, 1.0),
+        max_abs_value=number("max-abs-value", value("max-abs-value"), float, 1e-6),
+        max_examples_per_reply=number("max-examples-per-reply", value("max-examples-per-reply"), int, 0),
         update_bound=_bound("update-bound", value("update-bound")),
         activation_bound=_bound("activation-bound", value("activation-bound")),
         examples_share=_bound("examples-share", value("examples-share")),
-        vfe_tolerance=_number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),
-        eval_samples=_number("eval-samples", value("eval-samples"), int, 0),
-        num_classes=_number("num-classes", value("num-classes"), int, 0),
-        seed=_number("seed", value("seed"), int, 0),
+        vfe_tolerance=number("vfe-tolerance", value("vfe-tolerance"), float, 0.0, MAX_TARGET_VFE),
+        eval_samples=number("eval-samples", value("eval-samples"), int, 0),
+        num_classes=number("num-classes", value("num-classes"), int, 0),
+        seed=number("seed", value("seed"), int, 0),
         output_dir=_text("output-dir", value("output-dir")),
         run_name=run_name,
         device=device,
-        target_epsilon=_number("target-epsilon", value("target-epsilon"), float, 1e-3),
-        delta=_number("delta", value("delta"), float, 1e-12, 0.1),
-        max_grad_norm=_number("max-grad-norm", value("max-grad-norm"), float, 1e-6),
-        noise_multiplier=_number("noise-multiplier", value("noise-multiplier"), float, 0.0),
+        target_epsilon=number("target-epsilon", value("target-epsilon"), float, 1e-3),
+        delta=number("delta", value("delta"), float, 1e-12, 0.1),
+        max_grad_norm=number("max-grad-norm", value("max-grad-norm"), float, 1e-6),
+        noise_multiplier=number("noise-multiplier", value("noise-multiplier"), float, 0.0),
         defense_options=tuple(options),
     )
-    try:
-        config.active_defense.check(config)
-    except DefenseConfigError as err:
-        raise ConfigError(str(err)) from None
+    config.active_defense.check(config)
     if model == AUTO_MODEL:
         config = replace(config, model=config.active_defense.preferred_model(config) or DEFAULT_MODEL)
-    _number("cut-layer", config.cut_layer, int, 1, num_stages(config.model) - 1)
+    number("cut-layer", config.cut_layer, int, 1, num_stages(config.model) - 1)
     return config

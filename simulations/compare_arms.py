@@ -10,7 +10,7 @@ label from run to run, so a comparison reuses what it trained before.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from common.defaults import default_region_size
@@ -21,6 +21,12 @@ from common.run_config import RunConfig, parse_run_config
 # How a shared run-config key reads in an arm's label; a defense's own keys say it in their
 # ``Option.short``; others read as they are.
 SHORT = {"target-vfe": "vfe", "region-scope": "scope", "region-size": "r", "target-epsilon": "eps"}
+
+
+@lru_cache(maxsize=8)
+def app_values(image_size: int) -> dict[str, Any]:
+    """The app's resolved run config at ``image_size`` (labels show settings that differ)."""
+    return parse_run_config({"image-size": image_size}).to_dict()
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class Arm:
         """The settings the defense sweeps, and any other that differs from the app's
         default at this image size."""
         swept = {k for s in self.defense_plugin.comparison_sweep for k in s}
-        defaults = parse_run_config({"image-size": self.image_size}).to_dict()
+        defaults = app_values(self.image_size)
         short = {**SHORT, **{k: o.short or k for k, o in self.defense_plugin.options.items()}}
         parts = [f"{short.get(k, k)}{v:g}" for k, v in self.settings if k in swept or defaults.get(k) != v]
         return "+".join(parts) or "-"

@@ -7,7 +7,7 @@ module here, override what it does, add its line below, and declare any key of i
 
 from __future__ import annotations
 
-from .base import Chart, Composite, Defense, DefenseConfigError, ImageDefense, ImageTransform, Option, PrivateRun
+from .base import Chart, Composite, Defense, ImageDefense, ImageTransform, Option, PrivateRun
 from .blur import Blur
 from .dp_pix import DPPix
 from .dp_sgd import DPSGD
@@ -39,6 +39,6 @@ def get_defense(name: str) -> Defense:
 
 
 __all__ = [
-    "DEFENSES", "Chart", "Composite", "Defense", "DefenseConfigError", "ImageDefense", "ImageTransform", "Option",
+    "DEFENSES", "Chart", "Composite", "Defense", "ImageDefense", "ImageTransform", "Option",
     "PrivateRun", "get_defense",
 ]

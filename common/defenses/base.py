@@ -39,14 +39,10 @@ UPLOADS = ("train", "query.images", "query.activations")
 TRAINING = ("train", "train.apply_gradients")
 
 
-class DefenseConfigError(ValueError):
-    """A defense setting that cannot be used; the message names the run-config key."""
-
-
 @dataclass(frozen=True)
 class Option:
     """A run-config key that one defense adds: its parser (value -> typed value, raising
-    ``DefenseConfigError`` naming the key), one line for the docs, and how it reads in a
+    ``ConfigError`` naming the key), one line for the docs, and how it reads in a
     comparison arm's label (``short``; the key itself when None)."""
 
     parse: Callable[[str, Any], Any]
@@ -144,7 +140,7 @@ class Defense:
         return (self,)
 
     def check(self, config: RunConfig) -> None:
-        """Raise ``DefenseConfigError`` naming the key for settings it cannot honour."""
+        """Raise ``ConfigError`` naming the key for settings it cannot honour."""
 
     def preferred_model(self, config: RunConfig) -> str | None:
         """What ``model = "auto"`` trains under it (None: the default)."""

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import DefenseConfigError, ImageDefense, ImageTransform, Option
+from common.config_values import number
+
+from .base import ImageDefense, ImageTransform, Option
 
 if TYPE_CHECKING:
     from common.run_config import RunConfig
@@ -24,9 +26,7 @@ def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _sigma(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 64:
-        raise DefenseConfigError(f"run-config {key}={value!r} must be a number in (0, 64] (pixels)")
-    return float(value)
+    return number(key, value, float, 0.0, 64.0, exclusive=True)  # pixels
 
 
 class Blur(ImageDefense):

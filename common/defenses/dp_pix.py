@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
-from .base import DefenseConfigError, ImageDefense, ImageTransform, Option
+from common.config_values import number
+
+from .base import ImageDefense, ImageTransform, Option
 from .pixelate import unflat_regions
 
 if TYPE_CHECKING:
@@ -42,15 +44,11 @@ def dp_pixelate(
 
 
 def _epsilon(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise DefenseConfigError(f"run-config {key}={value!r} must be a number > 0")
-    return float(value)
+    return number(key, value, float, 0.0, exclusive=True)
 
 
 def _pixels(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-        raise DefenseConfigError(f"run-config {key}={value!r} must be a whole number >= 1 (pixels)")
-    return int(value)
+    return number(key, value, int, 1)
 
 
 class DPPix(ImageDefense):

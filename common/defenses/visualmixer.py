@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from common.config_values import ConfigError
 from common.training import RecordingMixer
 from common.visualmixer import Obfuscation, obfuscate
 from common.visualmixer.vfe import region_vfe
 
-from .base import UPLOADS, Chart, Defense, DefenseConfigError, ImageTransform, MetricSpec
+from .base import UPLOADS, Chart, Defense, ImageTransform, MetricSpec
 
 if TYPE_CHECKING:
     from common.run_config import RunConfig
@@ -121,12 +122,12 @@ class VisualMixer(Defense):
     def check(self, config: RunConfig) -> None:
         grid = config.image_size // config.region_size
         if config.region_scope > 1 and grid % config.region_scope:
-            raise DefenseConfigError(
+            raise ConfigError(
                 f"run-config region-scope={config.region_scope} must divide the {grid}x{grid} "
                 f"grid of regions (region-size={config.region_size}), or be 0 (anywhere) or 1 (in place)"
             )
         if config.server_augment == "flip-shift" and config.region_scope != 1:
-            raise DefenseConfigError(
+            raise ConfigError(
                 f"run-config server-augment='flip-shift' with region-scope={config.region_scope} is refused: a shift "
                 "cuts regions moved across the image at its edge unlike the originals', so it does not "
                 "commute with VisualMixer (use 'flip', or region-scope=1)"
