@@ -23,9 +23,8 @@ from flwr.app import Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from client.exchanges import client_exchange
+from client.forward import WORKER_KEY, WorkerUnavailable, forward, unavailable_reply
 from client.timing import StageTimer
-from common.data import DataError
 from common.protocol import MESSAGES
 
 log = logging.getLogger("flwr")
@@ -37,7 +36,11 @@ def data_errors_as_replies(msg: Message, context: Context, call_next: Callable[[
     the node stays up and both its operator and the server's see why it never contributes."""
     try:
         return call_next(msg, context)
-    except DataError as err:
+    except Exception as err:
+        from common.data import DataError  # only a failing message pays for importing it
+
+        if not isinstance(err, DataError):
+            raise
         reason = f"node data: {err}"
         log.error("%s", reason)
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
@@ -47,17 +50,33 @@ app = ClientApp(mods=[data_errors_as_replies])
 
 
 def handle(msg: Message, context: Context) -> Message:
-    """Any message of the protocol, answered by the run's exchange; the reply's metrics
-    also say where the message's time went (``client/timing.py``)."""
+    """Any message of the protocol, answered by the run's exchange in this process, or by the
+    node's worker when the node config names one (``worker``); the reply's metrics also say
+    where the message's time went (``client/timing.py``).
+
+    This module imports neither torch nor the exchanges: a process that forwards never
+    loads them, and one that answers itself imports them here (``stage-imports``)."""
     timer = StageTimer()
-    with timer.stage("setup"):
-        exchange = client_exchange(context)
-    with timer.stage("handler"):
-        reply = exchange.handle(msg)
-    stages = timer.finish()
-    log.debug("%s: %s", msg.metadata.message_type, " ".join(f"{k}={v:g}" for k, v in stages.items()))
+    address = context.node_config.get(WORKER_KEY)
+    if address:
+        return forwarded(msg, context, str(address), timer)
+    with timer.stage("imports"):
+        from client.answer import answer
+    return answer(msg, context, timer)
+
+
+def forwarded(msg: Message, context: Context, address: str, timer: StageTimer) -> Message:
+    with timer.stage("forward"):
+        try:
+            reply = forward(msg, context, address)
+        except WorkerUnavailable as err:
+            log.error("%s", err)
+            return unavailable_reply(msg, err)
     if reply.has_content() and "metrics" in reply.content:
-        reply.content["metrics"] = MetricRecord({**dict(reply.content["metrics"]), **stages})
+        own = {k: timer.metrics[k] for k in ("stage-startup", "stage-forward")}
+        metrics = {**dict(reply.content["metrics"]), **own, "forwarder-peak-rss-mb": timer.peak_rss_mb()}
+        reply.content["metrics"] = MetricRecord({k: round(v, 4) if isinstance(v, float) else v
+                                                 for k, v in metrics.items()})
     return reply
 
 

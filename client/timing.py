@@ -4,12 +4,18 @@ Flower starts a fresh ClientApp process for every message in deployment (in simu
 actor process answers many), so a reply says:
 
 * ``stage-startup``: seconds from the process's start to the ClientApp module loaded
-  (Python, torch, Flower and this app's imports); 0 when this process answered before;
+  (Python, Flower and the app's light modules); 0 when this process answered before;
+* ``stage-imports``: importing what answering needs (torch, the exchanges); 0 when this
+  process has imported them before;
 * ``stage-setup``: the run config, the node's data (the decoded cache) and its exchange;
 * ``stage-handler``: the message's own work (model, transform, training or forward pass,
   the reply's arrays); VisualMixer's share of it is ``obfuscation-seconds``;
 * ``cpu-seconds``: CPU time of the process for this message (from its start on the first);
 * ``peak-rss-mb``: the process's peak resident memory so far.
+
+With a node worker (``client/worker.py``) the ClientApp process only forwards: it adds
+``stage-forward`` (seconds from sending the message to the worker to its reply) and
+``forwarder-peak-rss-mb``, and the setup, handler, CPU and memory figures are the worker's.
 
 They are logged at debug level and the server keeps them in ``events.jsonl``.
 """
@@ -43,12 +49,16 @@ _first_message = True
 class StageTimer:
     """Seconds per stage of one message, and the process's CPU time and peak memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, count_startup: bool = True) -> None:
+        """``count_startup``: the process's start-up belongs to its first message (a
+        ClientApp process); a long-lived worker passes False."""
         global _first_message
+        first = _first_message and count_startup
         self.metrics: dict[str, float] = {}
-        startup = (LOADED_AT - _STARTED_AT) if _first_message and _STARTED_AT is not None else 0.0
-        self.metrics["stage-startup"] = max(0.0, startup)
-        self._cpu_start = 0.0 if _first_message else time.process_time()
+        if count_startup:
+            startup = (LOADED_AT - _STARTED_AT) if first and _STARTED_AT is not None else 0.0
+            self.metrics["stage-startup"] = max(0.0, startup)
+        self._cpu_start = 0.0 if first else time.process_time()
         _first_message = False
 
     @contextmanager
@@ -59,7 +69,11 @@ class StageTimer:
         finally:
             self.metrics[f"stage-{name}"] = self.metrics.get(f"stage-{name}", 0.0) + time.perf_counter() - start
 
+    @staticmethod
+    def peak_rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
     def finish(self) -> dict[str, float]:
         self.metrics["cpu-seconds"] = time.process_time() - self._cpu_start
-        self.metrics["peak-rss-mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        self.metrics["peak-rss-mb"] = self.peak_rss_mb()
         return {k: round(v, 4) for k, v in self.metrics.items()}

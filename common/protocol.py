@@ -82,7 +82,8 @@ METRICS: dict[str, tuple[type, float, float | None]] = {
 # must. The server keeps them in events.jsonl; nothing is computed from them.
 STAGE_METRICS: dict[str, tuple[type, float, float | None]] = {
     key: (float, 0.0, None)
-    for key in ("stage-startup", "stage-setup", "stage-handler", "cpu-seconds", "peak-rss-mb")
+    for key in ("stage-startup", "stage-imports", "stage-setup", "stage-handler", "stage-forward", "cpu-seconds",
+                "peak-rss-mb", "forwarder-peak-rss-mb")
 }
 
 

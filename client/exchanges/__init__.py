@@ -17,9 +17,10 @@ CLIENT_EXCHANGES: dict[str, type[ClientExchange]] = {
 }
 
 
-def client_exchange(context: Context) -> ClientExchange:
-    """The client half of the run's exchange for the node ``context`` describes."""
-    node = Node.from_context(context)
+def client_exchange(context: Context, node: Node | None = None) -> ClientExchange:
+    """The client half of the run's exchange for the node ``context`` describes (``node``:
+    that node, when the caller has already built it)."""
+    node = node or Node.from_context(context)
     return CLIENT_EXCHANGES[node.config.exchange](node, context)
 
 
