@@ -1,6 +1,9 @@
 """The benchmark scripts still run and report what docs/benchmarks.md quotes (tiny settings, no timing)."""
 
 import argparse
+import json
+
+import pytest
 
 from simulations.bench import rounds as bench_rounds
 
@@ -81,3 +84,24 @@ def test_bench_guard_prints_the_guards_share_of_a_round(capsys):
     assert guard.main(["--nodes", "2", "--upload-samples", "16", "--server-steps", "2", "--repeats", "1"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["images_per_round"] == 32 and row["guard_ms"] > 0 and 0 < row["guard_share"]
+
+
+def test_bench_message_imports_prints_every_arm_against_the_baseline(monkeypatch, capsys):
+    from simulations.bench import message_imports
+
+    monkeypatch.setattr(message_imports, "ARMS", {"answering": "import json\n", "forwarding": "import os\n"})
+    message_imports.main(["--repeats", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["arm"] for r in rows] == ["answering", "forwarding"]
+    assert rows[0]["import_ratio"] == 1.0 and all(r["peak_rss_mb"] > 0 and r["process_seconds"] > 0 for r in rows)
+
+
+def test_bench_deployment_reads_stage_timings_and_checks_its_modes(tmp_path):
+    from simulations.bench import deployment
+
+    with pytest.raises(SystemExit):
+        deployment.main(["--modes", "plain,warm"])
+    events = [{"outcome": "accepted", "what": "train", "stage-handler": h, "stage-forward": h + 0.1}
+              for h in (1.0, 2.0, 3.0)] + [{"outcome": "rejected", "what": "train", "stage-handler": 9.0}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert deployment.message_stages(tmp_path) == {"train": {"stage-handler": 2.0, "stage-forward": 2.1}}

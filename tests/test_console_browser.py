@@ -92,6 +92,9 @@ def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, brows
     with (runs / "alpha" / "events.jsonl").open("a") as events:  # what a node said of its cost
         events.write(json.dumps({"round": 3, "node": "13", "what": "train", "outcome": "accepted", "stage-startup": 4.2,
                                  "stage-setup": 0.31, "stage-handler": 1.5, "cpu-seconds": 5.0, "peak-rss-mb": 912.4}) + "\n")
+        events.write(json.dumps({"round": 3, "node": "14", "what": "train", "outcome": "accepted", "stage-startup": 2.5,
+                                 "stage-setup": 0.0, "stage-handler": 1.2, "stage-forward": 1.25, "cpu-seconds": 1.1,
+                                 "peak-rss-mb": 860.0, "forwarder-peak-rss-mb": 145.6}) + "\n")
     make_run(runs, "beta", rounds=2, summary=False)
     dp = RunStore(str(runs), "gamma")  # a DP-SGD run: epsilon per node against the budget
     dp.write_config({**CONFIG, "defense": "dp-sgd", "exchange": "weights", "target-epsilon": 8.0})
@@ -116,6 +119,8 @@ def test_every_page_draws_without_a_script_error(simulation_env, tmp_path, brows
         page.goto(base + "/nodes?run=alpha")
         page.wait_for_selector("#nodes")
         assert "start 4.20 s, setup 0.31 s, work 1.50 s; CPU 5.00 s, 912 MB" in page.inner_text("#nodes")
+        assert ("start 2.50 s, setup 0.00 s, work 1.20 s; CPU 1.10 s, 860 MB; worker: forward 1.25 s, ClientApp 146 MB"
+                in page.inner_text("#nodes"))
         # What a client wrote in a reason is shown as text, never run as HTML.
         page.goto(base + "/runs/alpha")
         page.wait_for_selector("#events")

@@ -3,13 +3,20 @@
 same settings and seed, for each exchange.
 
     python -m simulations.bench.deployment [--exchanges weights,images,activations] [--nodes 2] [--rounds 4]
-        [--node-threads N]
+        [--node-threads N] [--modes plain,worker,worker-fast-poll]
 
-Prints one JSON line per exchange: the median round seconds from round 2 on (round 1
-starts processes) deployed and simulated and their ratio, and per message type the median
-of what the ClientApp reported of the message (``client/timing.py``: process start to app
-loaded, setup, the handler, CPU seconds, peak memory) on the deployed nodes. The
-SuperNodes share this machine's cores, as separate devices would not: each gets
+Deployed modes, each a federation of its own:
+
+* ``plain``: the SuperNodes as they come (a ClientApp process answers each message);
+* ``worker``: each SuperNode's node config names a node worker (``client/worker.py``),
+  started next to it, and the ClientApp process only forwards;
+* ``worker-fast-poll``: as ``worker``, with ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.1`` (the
+  SuperNode's executor looks for new tasks every 0.1 s instead of 1 s).
+
+Prints one JSON line per exchange: for each mode the median round seconds from round 2 on
+(round 1 starts processes), its ratio to the simulated round, and per message type the
+median of what the ClientApp reported of the message (``client/timing.py``). The SuperNodes
+(and workers) share this machine's cores, as separate devices would not: each gets
 ``--node-threads`` OpenMP threads (default: cores / nodes), as Ray gives each simulated
 ClientApp actor its CPU. Every process started here is stopped by pid.
 """
@@ -31,7 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STAGES = ("stage-startup", "stage-setup", "stage-handler", "cpu-seconds", "peak-rss-mb", "obfuscation-seconds")
+STAGES = ("stage-startup", "stage-imports", "stage-setup", "stage-handler", "stage-forward", "cpu-seconds",
+          "peak-rss-mb", "forwarder-peak-rss-mb", "obfuscation-seconds")
+MODES = ("plain", "worker", "worker-fast-poll")
 
 
 def free_port() -> int:
@@ -56,22 +65,38 @@ def flwr_json(env: dict[str, str], *args: str) -> dict:
 
 
 class LocalFederation:
-    """A SuperLink and ``nodes`` SuperNodes (partition i of ``nodes``) on 127.0.0.1."""
+    """A SuperLink and ``nodes`` SuperNodes (partition i of ``nodes``) on 127.0.0.1; with
+    ``worker`` each SuperNode has a node worker, and ``task_poll`` sets the SuperNodes'
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``."""
 
-    def __init__(self, home: Path, nodes: int, node_threads: int) -> None:
+    def __init__(self, home: Path, nodes: int, node_threads: int, worker: bool = False,
+                 task_poll: float | None = None) -> None:
         self.home, self.env, self.procs = home, environment(home), []
         port = free_port()
         logs = home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self._start(logs / "superlink.log", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
                     "--database", str(home / "state.db"))
+        self._start_env = {"OMP_NUM_THREADS": str(node_threads)}
+        if task_poll is not None:
+            self._start_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(task_poll)
         for i in range(nodes):
-            self._start_env = {"OMP_NUM_THREADS": str(node_threads)}
+            node_config = f"partition-id={i} num-partitions={nodes}"
+            if worker:
+                sock = home / f"worker{i}.sock"
+                self._start(logs / f"worker{i}.log", "python", "-m", "client.worker", "--socket", str(sock))
+                node_config += f" worker='{sock}'"
             self._start(logs / f"supernode{i}.log", "flower-supernode", "--insecure", "--superlink",
-                        f"127.0.0.1:{port}", "--port", str(free_port()),
-                        "--node-config", f"partition-id={i} num-partitions={nodes}")
+                        f"127.0.0.1:{port}", "--port", str(free_port()), "--node-config", node_config)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        try:
+            self._wait_for_superlink()
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _wait_for_superlink(self) -> None:
         deadline = time.time() + 120
         while True:
             try:
@@ -86,8 +111,9 @@ class LocalFederation:
     def _start(self, log: Path, *command: str) -> None:
         out = open(log, "w")
         env = {**self.env, **getattr(self, "_start_env", {})}
-        self.procs.append(subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, stdout=out,
-                                           stderr=subprocess.STDOUT, cwd=self.home))
+        program = sys.executable if command[0] == "python" else str(BIN / command[0])
+        self.procs.append(subprocess.Popen([program, *command[1:]], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                           cwd=ROOT if command[0] == "python" else self.home))
 
     def run(self, overrides: str, timeout: float = 1800) -> str:
         run_id = flwr_json(self.env, "run", str(ROOT), "bench", "--run-config", overrides)["run-id"]
@@ -131,39 +157,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exchanges", default="weights,images,activations")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--run-config", default="", help="more run-config overrides for both runs")
+    parser.add_argument("--run-config", default="", help="more run-config overrides for every run")
     parser.add_argument("--node-threads", type=int, default=0, help="OpenMP threads per SuperNode (0: cores / nodes)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"deployed modes, of: {', '.join(MODES)}")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"--modes: unknown mode {unknown[0]!r} (known: {', '.join(MODES)})")
     threads = args.node_threads or max(1, (os.cpu_count() or 1) // args.nodes)
+    exchanges = [x for x in args.exchanges.split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="bench-deployment-"))
-    federation = LocalFederation(work / "deployed-home", args.nodes, threads)
+
+    def overrides(exchange: str, out: Path) -> str:
+        return (f"exchange='{exchange}' num-server-rounds={args.rounds} min-replies={args.nodes} round-timeout=600 "
+                f"{args.run_config} output-dir='{out.parent}' run-name='{exchange}'")
+
+    results = {}
     try:
-        for exchange in [x for x in args.exchanges.split(",") if x]:
-            common = (f"exchange='{exchange}' num-server-rounds={args.rounds} min-replies={args.nodes} "
-                      f"round-timeout=600 {args.run_config}")
-            deployed_out, simulated_out = work / "deployed" / exchange, work / "simulated" / exchange
-            status = federation.run(f"{common} output-dir='{deployed_out.parent}' run-name='{exchange}'")
+        for exchange in exchanges:  # simulated first, with no federation running beside it
+            out = work / "simulated" / exchange
             simulated = subprocess.run(
                 [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", str(args.nodes), "--run-config",
-                 f"{common} output-dir='{simulated_out.parent}' run-name='{exchange}'"],
+                 overrides(exchange, out)],
                 cwd=ROOT, env=environment(work / "simulated-home"), capture_output=True, text=True, check=False,
             )
-            deployed_rounds, simulated_rounds = round_seconds(deployed_out), round_seconds(simulated_out)
-            later_deployed = statistics.median(deployed_rounds[1:] or deployed_rounds)
-            later_simulated = statistics.median(simulated_rounds[1:] or simulated_rounds)
-            print(json.dumps({
-                "exchange": exchange, "nodes": args.nodes, "node_threads": threads, "rounds": args.rounds,
-                "deployed_status": status,
-                "simulated_exit": simulated.returncode,
-                "deployed_round_seconds": deployed_rounds, "simulated_round_seconds": simulated_rounds,
-                "deployed_median_later_rounds": later_deployed, "simulated_median_later_rounds": later_simulated,
-                "ratio_deployed_to_simulated": round(later_deployed / later_simulated, 2),
-                "deployed_messages": message_stages(deployed_out),
-            }), flush=True)
+            rounds = round_seconds(out)
+            results[exchange] = {"exchange": exchange, "nodes": args.nodes, "node_threads": threads,
+                                 "rounds": args.rounds, "simulated_exit": simulated.returncode,
+                                 "simulated_round_seconds": rounds,
+                                 "simulated_median_later_rounds": statistics.median(rounds[1:] or rounds),
+                                 "deployed": {}}
     finally:
-        federation.stop()
         subprocess.run([sys.executable, "-c", "from server.flwr_cli import stop_local_superlink; from pathlib import Path;"
                         f"stop_local_superlink(Path({str(work / 'simulated-home')!r}))"], cwd=ROOT, check=False)
+    for mode in modes:  # one federation at a time: idle SuperNodes poll, and would share the cores
+        federation = LocalFederation(work / f"{mode}-home", args.nodes, threads, worker=mode != "plain",
+                                     task_poll=0.1 if mode == "worker-fast-poll" else None)
+        try:
+            for exchange in exchanges:
+                out = work / mode / exchange
+                status = federation.run(overrides(exchange, out))
+                rounds = round_seconds(out)
+                later = statistics.median(rounds[1:] or rounds)
+                results[exchange]["deployed"][mode] = {
+                    "status": status, "round_seconds": rounds, "median_later_rounds": later,
+                    "ratio_to_simulated": round(later / results[exchange]["simulated_median_later_rounds"], 2),
+                    "messages": message_stages(out),
+                }
+        finally:
+            federation.stop()
+    for result in results.values():
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""What importing the ClientApp costs a deployed node, per message (Flower starts a fresh
-ClientApp process for every message): wall seconds and peak memory of a fresh process
-that imports it, side by side with the same import preceded by torchvision or Opacus.
+"""What importing costs a deployed node, per message (Flower starts a fresh ClientApp
+process for every message): wall seconds and peak memory of a fresh process per arm.
 
     python -m simulations.bench.message_imports [--repeats 7]
 
 Arms, each a fresh ``python -c`` process, run in turns so machine noise hits them alike:
 
-* ``client-app``: ``import client.client_app``, as a node's ClientApp process does;
-* ``client-app+torchvision``: ``import torchvision`` first (what the transform's
+* ``answering``: the ClientApp and what it imports to answer a message itself (torch, the
+  exchanges), as a node without a worker does; the baseline of the ratios;
+* ``answering+torchvision``: ``import torchvision`` first (what the transform's
   torchvision class brings: torchvision's models and ops);
-* ``client-app+opacus``: ``import opacus`` first, what a DP-SGD message adds.
+* ``answering+opacus``: ``import opacus`` first, what a DP-SGD message adds;
+* ``forwarding``: the ClientApp alone, as a node with a worker (``client/worker.py``) runs it;
+* ``flower-clientapp``: Flower's ``flwr-clientapp`` entry point alone, which every message's
+  process imports before the app (not counted in the other arms).
 
 One JSON line per arm: median import seconds (inside the process), median process seconds
-(start to exit), median peak RSS in MB, and the ratios to ``client-app``.
+(start to exit), median peak RSS in MB, and the ratios to ``answering``.
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ANSWERING = "import client.client_app, client.answer\n"
 ARMS = {
-    "client-app": "",
-    "client-app+torchvision": "import torchvision\n",
-    "client-app+opacus": "import opacus\n",
+    "answering": ANSWERING,
+    "answering+torchvision": "import torchvision\n" + ANSWERING,
+    "answering+opacus": "import opacus\n" + ANSWERING,
+    "forwarding": "import client.client_app\n",
+    "flower-clientapp": "from flwr.supernode.cli import flwr_clientapp\n",
 }
 PROBE = """
 import resource, time
 start = time.perf_counter()
-{extra}import client.client_app
+{extra}
 seconds = time.perf_counter() - start
 print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(sample)
     medians = {name: [statistics.median(column) for column in zip(*samples, strict=True)]
                for name, samples in runs.items()}
-    base = medians["client-app"]
+    base = medians["answering"]
     for name, (seconds, process, rss) in medians.items():
         print(json.dumps({
             "arm": name, "import_seconds": round(seconds, 3), "process_seconds": round(process, 3),

@@ -354,10 +354,14 @@ async function compareFolder(name) {
 
 // ---- nodes page ----------------------------------------------------------------------------
 // What the ClientApp reported of its last message (client/timing.py): seconds per stage.
+// A stage a reply left out (imports already done, no worker) is not shown.
 function stageText(e) {
   if (!e || typeof e["stage-handler"] !== "number") return "–";
   const s = (k) => `${e[k].toFixed(2)} s`;
-  return `start ${s("stage-startup")}, setup ${s("stage-setup")}, work ${s("stage-handler")}; CPU ${s("cpu-seconds")}, ${Math.round(e["peak-rss-mb"])} MB`;
+  const opt = (k, label) => (typeof e[k] === "number" && e[k] > 0 ? `, ${label} ${s(k)}` : "");
+  const worker = typeof e["stage-forward"] === "number"
+    ? `; worker: forward ${s("stage-forward")}, ClientApp ${Math.round(e["forwarder-peak-rss-mb"])} MB` : "";
+  return `start ${s("stage-startup")}${opt("stage-imports", "imports")}, setup ${s("stage-setup")}, work ${s("stage-handler")}; CPU ${s("cpu-seconds")}, ${Math.round(e["peak-rss-mb"])} MB${worker}`;
 }
 
 async function refreshNodes() {
