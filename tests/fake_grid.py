@@ -77,3 +77,25 @@ def _server_round(msg: Message) -> int:
     if "config" not in msg.content or "server-round" not in msg.content["config"]:
         return 0
     return int(msg.content["config"]["server-round"])
+
+
+def one_round_of_each_exchange() -> list[dict]:
+    """One tiny in-process round of every exchange under the default defense, through the
+    real ServerApp and ClientApp; each run's metrics row (two nodes must have replied)."""
+    import json
+    import tempfile
+
+    from server.server_app import main as server_main
+
+    rows = []
+    for exchange in ("weights", "images", "activations"):
+        out = tempfile.mkdtemp()
+        config = {"output-dir": out, "run-name": "r", "num-server-rounds": 1, "local-steps": 2,
+                  "upload-samples": 16, "server-steps": 2, "eval-samples": 16, "exchange": exchange}
+        server_main(FakeGrid(config, num_nodes=2),
+                    Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+        with open(f"{out}/r/metrics.jsonl") as f:
+            rows.append(json.loads(f.read().splitlines()[-1]))
+        assert rows[-1]["replies"] == 2 and rows[-1]["vfe-sent"] >= 0.8, rows[-1]
+    return rows
+

@@ -55,21 +55,11 @@ def test_installing_the_node_keeps_an_existing_torch(tmp_path):
     (tmp_path / "tests" / "__init__.py").write_text("")
     (tmp_path / "tests" / "fake_grid.py").write_text((ROOT / "tests" / "fake_grid.py").read_text())
     check = subprocess.run([str(python), "-c", textwrap.dedent("""
-        import json, tempfile
         import torch, torchvision
-        from flwr.app import Context, RecordDict
         import server
-        from server.server_app import main as server_main
-        from tests.fake_grid import FakeGrid
+        from tests.fake_grid import one_round_of_each_exchange
         assert "site-packages" in server.__file__, server.__file__
-        for exchange in ("weights", "images", "activations"):
-            out = tempfile.mkdtemp()
-            config = {"output-dir": out, "run-name": "r", "num-server-rounds": 1, "local-steps": 2,
-                      "upload-samples": 16, "server-steps": 2, "eval-samples": 16, "exchange": exchange}
-            server_main(FakeGrid(config, num_nodes=2),
-                        Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
-            row = json.loads(open(f"{out}/r/metrics.jsonl").read().splitlines()[-1])
-            assert row["replies"] == 2 and row["vfe-sent"] >= 0.8, row
+        one_round_of_each_exchange()
         print(torch.__version__, torchvision.__version__)
     """)], cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-3000:]
