@@ -129,6 +129,12 @@ def test_split_backward_reuses_the_stored_batch_or_redraws_the_same_one(tmp_path
     assert torch.equal(redrawn.cpu(), stored[0]) and torch.equal(labels.cpu(), stored[1])
     assert any(torch.equal(torch.from_numpy(u["labels"].numpy()), stored[1]) for u in uploads)
     assert context.state[SPLIT_BATCH]["images"].numpy().dtype == np.uint8
+    # The server knows the run's seed, the round and the partitions: replaying the transform
+    # from them alone gives another shuffle, since the node mixed in a secret of its own.
+    images, _, seed = exchange.node.batch(1)
+    replayed = exchange.node.transform(seed)(images.to(exchange.node.device)).cpu()
+    assert torch.equal(torch.sort(replayed.flatten())[0], torch.sort(stored[0].flatten())[0])  # same values
+    assert not torch.equal(replayed, stored[0])
 
 
 def _evaluation_metrics(grid) -> dict[int, list[dict]]:

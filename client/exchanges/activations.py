@@ -6,7 +6,9 @@ client layers on its transformed images and sends their activations
 The client layers and their optimizer state live in ``context.state`` across rounds, and
 so does the transformed batch of the current round: the forward pass is recomputed from it
 when the gradient arrives (ClientApp processes are ephemeral). A node that lost that batch
-(e.g. restarted) redraws it from the same seed.
+redraws it from the same seed, mixed with the node's secret (``secret_seed``), so the
+server cannot replay the shuffle; a node that lost its state altogether draws another
+shuffle of the same images.
 """
 
 from __future__ import annotations
@@ -112,11 +114,11 @@ class ActivationsClient(ClientExchange):
 
     def split_batch(self, server_round: int):
         """This round's images as the client layers see them (transformed, still uint8), on
-        the device, with their labels and the transform; seeded, so a recompute gives the
-        very same shuffle."""
+        the device, with their labels and the transform; seeded from the node's secret, so a
+        recompute gives the very same shuffle and the server cannot."""
         node = self.node
         images, labels, seed = node.batch(server_round)
-        transform = node.transform(seed)
+        transform = node.transform(self.secret_seed(seed))
         images = images.to(node.device)
         if transform is not None:
             images = transform(images)

@@ -10,6 +10,7 @@ the transformed evaluation copy (only the first round pays for transforming it).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from common.protocol import EVALUATE
 
 EVAL_SET = "eval-set"
 LEDGER = "dp-ledger"
+NODE_SECRET = "node-secret"
 EVAL_CACHE_BYTES = 16 * 2**20  # context.state travels with every message in deployment
 
 
@@ -75,6 +77,17 @@ class ClientExchange:
         if node.defense.transforms_images and images.numel() * images.element_size() <= EVAL_CACHE_BYTES:
             state[EVAL_SET] = ArrayRecord({"images": images, "labels": labels})
         return images, labels, cost
+
+    # -- randomness the server cannot reproduce ------------------------------------------------
+    def secret_seed(self, seed: int) -> int:
+        """``seed`` mixed with a secret drawn on this node once per run and kept in its
+        ``context.state`` (which never leaves the node). A transform seeded from the run
+        config alone could be replayed by the server, which chooses that config: it would
+        know where every pixel went."""
+        record = self.context.state.get(NODE_SECRET)
+        if record is None:
+            record = self.context.state[NODE_SECRET] = ConfigRecord({"value": secrets.randbits(62)})
+        return (seed * 0x9E3779B1 + int(record["value"])) % 2**62
 
     # -- privacy ledger ----------------------------------------------------------------------
     def ledger(self) -> PrivacyLedger:
