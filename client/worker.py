@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import operator
 import os
 import re
 import socket
@@ -40,6 +41,7 @@ from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from client.answer import answer
+from client.forward import WORKER_KEY
 from client.node import Node
 from client.timing import StageTimer
 from common.config_values import ConfigError
@@ -49,6 +51,7 @@ from common.run_config import parse_run_config
 log = logging.getLogger("visualmixer.worker")
 
 KEEP_RUNS = 2  # runs whose node and state stay in memory; the oldest goes first
+COMPARISONS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
 class RunRefused(ValueError):
@@ -81,9 +84,8 @@ class Requirement:
         """Raises :class:`RunRefused` naming the key and both values unless the run meets it."""
         actual = run_config.get(self.key)
         if isinstance(self.value, float):
-            ok = isinstance(actual, (int, float)) and not isinstance(actual, bool) and (
-                actual >= self.value if self.op == ">=" else actual <= self.value if self.op == "<=" else
-                actual == self.value)
+            ok = isinstance(actual, (int, float)) and not isinstance(actual, bool) and COMPARISONS[self.op](
+                actual, self.value)
         else:
             ok = str(actual) == self.value
         if not ok:
@@ -113,7 +115,7 @@ class NodeWorker:
     def run_state(self, context: Context, timer: StageTimer) -> RunState:
         """This run's node and state, built on its first message (``timer``'s setup stage)."""
         node_config = {**context.node_config, **self.node_config}
-        node_config.pop("worker", None)
+        node_config.pop(WORKER_KEY, None)
         key = (context.run_id, repr(sorted(context.run_config.items())), repr(sorted(node_config.items())))
         if key in self.runs:
             self.runs.move_to_end(key)

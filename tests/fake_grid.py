@@ -98,4 +98,3 @@ def one_round_of_each_exchange() -> list[dict]:
             rows.append(json.loads(f.read().splitlines()[-1]))
         assert rows[-1]["replies"] == 2 and rows[-1]["vfe-sent"] >= 0.8, rows[-1]
     return rows
-
