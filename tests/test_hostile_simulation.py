@@ -16,7 +16,7 @@ import pytest
 from tests.test_deployment import ROOT
 
 pytestmark = pytest.mark.deployment
-SETTINGS = "num-server-rounds=5 eval-samples=200 defense='none' model='small-cnn' seed=3"
+SETTINGS = {"num-server-rounds": "5", "eval-samples": "200", "defense": "'none'", "model": "'small-cnn'", "seed": "3"}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,10 @@ def hostile_app(tmp_path_factory) -> Path:
     return app
 
 
-def simulate(env, app: Path, out: Path, name: str, overrides: str) -> list[dict]:
-    config = f"{SETTINGS} output-dir='{out}' run-name='{name}' {overrides}"
+def simulate(env, app: Path, out: Path, name: str, **overrides: str) -> list[dict]:
+    # Flower refuses a run config that sets one key twice: overrides replace SETTINGS' values.
+    values = {**SETTINGS, "output-dir": f"'{out}'", "run-name": f"'{name}'", **overrides}
+    config = " ".join(f"{key}={value}" for key, value in values.items())
     result = subprocess.run(
         [sys.executable, "-m", "simulations.flwr_run", "--num-supernodes", "3", "--run-config", config],
         cwd=app, env=env, capture_output=True, text=True, timeout=900,
@@ -49,9 +51,9 @@ def events(out: Path, name: str) -> list[dict]:
 
 
 def test_one_hostile_node_of_three_does_not_ruin_weights(simulation_env, hostile_app, tmp_path):  # noqa: F811
-    honest = simulate(simulation_env, hostile_app, tmp_path, "honest", "")
+    honest = simulate(simulation_env, hostile_app, tmp_path, "honest")
     hostile = simulate(simulation_env, hostile_app, tmp_path, "hostile",
-                       "hostile='scale-weights,claim-examples,lie-evaluation'")
+                       hostile="'scale-weights,claim-examples,lie-evaluation'")
     outcomes = events(tmp_path, "hostile")
     updates = [e for e in outcomes if e["outcome"] == "rejected" and e["what"] == "train"]
     lies = [e for e in outcomes if e["outcome"] == "rejected" and e["what"] == "evaluate"]
@@ -70,7 +72,8 @@ def test_one_hostile_node_of_three_does_not_ruin_weights(simulation_env, hostile
 @pytest.mark.parametrize("exchange, mode", [("activations", "scale-activations"), ("images", "blue-checkerboard"),
                                             ("images", "checker-noise")])
 def test_one_hostile_node_of_three_in_split_learning_and_images(simulation_env, hostile_app, tmp_path, exchange, mode):  # noqa: F811
-    rows = simulate(simulation_env, hostile_app, tmp_path, mode, f"exchange='{exchange}' defense='visualmixer' hostile='{mode}'")
+    rows = simulate(simulation_env, hostile_app, tmp_path, mode, exchange=f"'{exchange}'", defense="'visualmixer'",
+                    hostile=f"'{mode}'")
     assert len(rows) == 5 and all(r["status"] == "completed" for r in rows)
     if exchange == "activations":
         assert all(r["rejected"] == 1 for r in rows) and all(r["train-loss"] < 5 for r in rows)
