@@ -4,6 +4,7 @@ attacks actually run.
     python -m simulations.compare --preset quick --dataset folder --data-dir /tmp/cifar --out DIR
     python -m simulations.compare --preset quick --out DIR          # embedded `shapes`
     python -m simulations.compare --preset my-preset.toml --out DIR # a copy of simulations/presets/*.toml
+    python -m simulations.compare --preset standard --seeds 3 --out DIR  # DIR/seed-0..2, DIR/frontier.md
 
 One job per module:
 
@@ -16,6 +17,10 @@ One job per module:
 4. Attacks (:mod:`simulations.compare_attacks`) on each trained arm, on test images, in a
    second process that overlaps the training of the next arms.
 5. Report (:mod:`simulations.compare_report`): ``results.csv``, ``report.md`` and PNG plots.
+
+With ``--seeds N`` (N > 1) seeds ``--seed`` to ``--seed + N - 1`` each run all of this (their own
+data split, training and attackers) into ``DIR/seed-S``, and :mod:`simulations.frontier`
+writes the mean and deviation of every figure and the frontier into ``DIR``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds --seed.. --seed+N-1, each into DIR/seed-S")
     parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated subset")
     parser.add_argument("--defenses", default="",
                         help="comma-separated arm labels, e.g. none,vm-vfe0.8 (default: the preset's, else all)")
@@ -96,13 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
                        ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("FLWR_TELEMETRY_ENABLED", "0")):
         os.environ.setdefault(key, value)
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
 
     out = args.out.resolve()
+    command = "python -m simulations.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    seeds = range(args.seed, args.seed + args.seeds)
+    completed = [run_seed(args, preset, arms, out if args.seeds == 1 else out / f"seed-{seed}", seed, command)
+                 for seed in seeds]
+    if args.seeds > 1:
+        from simulations.frontier import write_frontier
+
+        write_frontier({f"{args.preset}, {preset.rounds} rounds": out}, out, command)
+        print(f"[compare] {args.seeds} seeds: {out / 'frontier.md'}", flush=True)
+    return 0 if all(completed) else 1
+
+
+def run_seed(args: argparse.Namespace, preset: Preset, arms: list[Arm], out: Path, seed: int, command: str) -> bool:
+    """Data, training, attacks and report of one seed into ``out``; whether every arm completed."""
     out.mkdir(parents=True, exist_ok=True)
     check_same_setup(out, {"dataset": args.dataset, "model": preset.model, "image_size": preset.image_size})
     started = time.time()
     print(f"[compare] preset {args.preset}: {len(arms)} arms on {args.dataset} -> {out}", flush=True)
-    data, public = prepare_data(args.dataset, args.data_dir, preset, out, args.seed)
+    data, public = prepare_data(args.dataset, args.data_dir, preset, out, seed)
 
     # The attack stage runs alongside in its own process (one thread): it trains the
     # recogniser and inverse networks while the first arms train, then attacks each arm as
@@ -113,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.compare_attacks import attack_worker
 
     worker = multiprocessing.get_context("spawn").Process(
-        target=attack_worker, args=(arms, preset, data, public, out, args.seed, any(needs_training(a, out) for a in arms)),
+        target=attack_worker, args=(arms, preset, data, public, out, seed, any(needs_training(a, out) for a in arms)),
         name="attacks",
     )
     worker.start()
     parallel = args.parallel or preset.parallel_runs
     share_cores(parallel)  # after the worker's start: it sets its own threads
-    statuses = train_arms(arms, preset, data, out, args.seed, parallel, status_dir)
+    statuses = train_arms(arms, preset, data, out, seed, parallel, status_dir)
     # Arms trained by an earlier invocation are not trained again; keep their time too.
     timings = out / "timings.json"
     earlier = json.loads(timings.read_text())["train_seconds"] if timings.exists() else 0.0
@@ -132,13 +154,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from simulations.compare_report import write_report
 
-    command = "python -m simulations.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(results, arms, preset, out, command, {
         "dataset": args.dataset, "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1), "preset": args.preset, **asdict(preset),
     })
     print(f"[compare] done in {time.time() - started:.0f} s: {out / 'report.md'}", flush=True)
-    return 0 if all(s == "completed" for s in statuses.values()) else 1
+    return all(s == "completed" for s in statuses.values())
 
 
 if __name__ == "__main__":
