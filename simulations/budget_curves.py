@@ -18,7 +18,9 @@ come from the test split. Central training (one model, no federation).
   epochs) among ``--dp-grid`` by accuracy on the validation split at the first seed; the
   choice is used for every seed and only then evaluated on the test images.
 * VisualMixer trains on a fresh shuffle of every batch and is tested on obfuscated test
-  images, as a model trained on them is used.
+  images, as a model trained on them is used. So do the comparison's other image defenses,
+  which ``--arms`` adds by their label (``pix``, ``blur-sigma1.5``, ``dppix-eps8``,
+  ``vm-vfe0.8+scope0``, ...): the images exchange's model, trained centrally.
 
 Files in ``--out`` (a rerun trains only what is missing): ``runs.jsonl`` (one line per run:
 ``phase`` ``tune`` on validation or ``test``), ``summary.jsonl`` (per arm and budget: mean
@@ -33,6 +35,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +59,28 @@ class Arm:
     model: str
     target_vfe: float | None = None  # VisualMixer's target; None: images as they are
     epsilon: float | None = None  # DP-SGD's budget; None: not private
+    transform: str | None = None  # another image defense: its label in the comparison's images arms
+
+
+def transform_arms(image_size: int) -> dict[str, Arm]:
+    """The comparison's image defenses at their swept settings (``pix``, ``dppix-eps8``,
+    ``vm-vfe0.8+scope0``, ...), each training the small CNN on its transformed images; the
+    labels of the default arms stay theirs."""
+    from simulations.compare_arms import matrix
+
+    return {a.label: Arm(a.label, "small-cnn", transform=a.label) for a in matrix(image_size)
+            if a.exchange == "images" and a.defense != "none"}
+
+
+def image_transform(arm: Arm, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ``arm`` does to every batch it trains or is tested on (fresh randomness per call)."""
+    if arm.target_vfe is not None:
+        return VisualMixer(arm.target_vfe, region_size=default_region_size(image_size))
+    if arm.transform is not None:
+        from simulations.compare_arms import matrix
+
+        return next(a for a in matrix(image_size) if a.exchange == "images" and a.label == arm.transform).transform(None)
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,7 +152,7 @@ def train_point(arm: Arm, epochs: float, seed: int, train: ImageSet, judge: Imag
     generator = torch.Generator().manual_seed(seed)
     region = default_region_size(image_size)
     model = build_model(arm.model, train.images.shape[1], train.num_classes, image_size, region)
-    mixer = None if arm.target_vfe is None else VisualMixer(arm.target_vfe, region_size=region)
+    mixer = image_transform(arm, image_size)
     n = len(train)
     start = time.perf_counter()
     row: dict = {}
@@ -265,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per point")
     parser.add_argument("--epsilons", default="3,8")
     parser.add_argument("--dp-grid", default="256:0.001:1,256:0.004:1,1024:0.002:1,1024:0.008:1")
-    parser.add_argument("--arms", default="", help="comma-separated labels (default: all)")
+    parser.add_argument("--arms", default="", help="comma-separated labels (default: no defense, VisualMixer and "
+                        "DP-SGD; also any image defense of the comparison, e.g. pix,blur-sigma1.5,dppix-eps8)")
     parser.add_argument("--public", type=int, default=20000, help="training images left to the attacker")
     parser.add_argument("--validation", type=int, default=5000, help="training images that tune DP-SGD")
     parser.add_argument("--train-images", type=int, default=0, help="at most this many trained on (0: the rest)")
@@ -282,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seeds {args.seeds}: at least 1")
     chosen = arms(epsilons)
     if args.arms:
-        known = {a.label: a for a in chosen}
+        known = transform_arms(args.image_size) | {a.label: a for a in chosen}
         labels = [x for x in args.arms.split(",") if x]
         if unknown := [x for x in labels if x not in known]:
             parser.error(f"--arms: unknown arm {unknown[0]!r} (known: {', '.join(known)})")

@@ -90,3 +90,21 @@ def test_a_reduced_run_with_two_seeds_and_two_budgets_gives_every_column_and_the
     capsys.readouterr()
     bc.main(argv)  # everything is reused
     assert (tmp_path / "runs.jsonl").read_text().splitlines() == runs
+
+
+def test_the_comparison_image_defenses_are_arms_that_transform_every_batch(tmp_path):
+    arms = bc.transform_arms(32)
+    assert {"pix", "blur-sigma1.5", "dppix-eps1", "dppix-eps8", "vm-vfe0.8+scope0"} <= set(arms)
+    images = load_dataset("shapes", "train").images[:16]
+    pixelated = bc.image_transform(arms["pix"], 32)(images)
+    regions = pixelated.float().unfold(2, 8, 8).unfold(3, 8, 8)  # (B, C, 4, 4, 8, 8)
+    assert (regions.amax((-1, -2)) == regions.amin((-1, -2))).all()  # every 8-px region flat
+    noisy = bc.image_transform(arms["dppix-eps8"], 32)
+    assert not torch.equal(noisy(images), noisy(images))  # fresh Laplace noise per batch
+    assert bc.image_transform(bc.Arm("none", "small-cnn"), 32) is None
+    bc.main(["--out", str(tmp_path), "--arms", "none,pix", "--epochs", "0.5", "--seeds", "1", "--public", "100",
+             "--validation", "100", "--train-images", "128", "--test-images", "64"])
+    summary = {json.loads(line)["arm"] for line in (tmp_path / "summary.jsonl").read_text().splitlines()}
+    assert summary == {"none", "pix"}
+    with pytest.raises(SystemExit):
+        bc.main(["--out", str(tmp_path), "--arms", "pixelate"])
