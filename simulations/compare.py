@@ -59,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds --seed.. --seed+N-1, each into DIR/seed-S")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="seeds --seed .. --seed+N-1, each into DIR/seed-S when N > 1 (default: the preset's)")
     parser.add_argument("--exchanges", default=",".join(EXCHANGES), help="comma-separated subset")
     parser.add_argument("--defenses", default="",
-                        help="comma-separated arm labels, e.g. none,vm-vfe0.8 (default: the preset's, else all)")
+                        help="comma-separated arm labels, e.g. none,vm-vfe0.8, or exchange-label names, e.g. "
+                        "images-pix (default: the preset's, else all)")
     parser.add_argument("--rounds", type=int, default=0, help="override the preset's rounds")
     parser.add_argument("--parallel", type=int, default=0, help="arms trained at once (default: the preset's)")
     parser.add_argument("--attack-scale", type=float, default=1.0, help="scale every attack's step count")
@@ -96,14 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.defenses or preset.defenses:
         wanted = set(args.defenses.split(",")) if args.defenses else set(preset.defenses)
         known = {a.label for a in matrix(preset.image_size)}
-        if wanted - known:
-            parser.error(f"--defenses {','.join(sorted(wanted - known))} unknown; choose from {','.join(sorted(known))}")
-        arms = [a for a in arms if a.label in wanted]
+        named = {a.name for a in matrix(preset.image_size)}
+        if wanted - known - named:
+            parser.error(f"--defenses {','.join(sorted(wanted - known - named))} unknown; choose from "
+                         f"{','.join(sorted(known))} or an exchange-label name such as images-pix")
+        arms = [a for a in arms if a.label in wanted or a.name in wanted]
     for key, value in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
                        ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("FLWR_TELEMETRY_ENABLED", "0")):
         os.environ.setdefault(key, value)
-    if args.seeds < 1:
-        parser.error(f"--seeds {args.seeds}: at least 1")
+    if args.seeds < 0:
+        parser.error(f"--seeds {args.seeds}: at least 1 (0: the preset's {preset.seeds})")
+    args.seeds = args.seeds or preset.seeds
 
     out = args.out.resolve()
     command = "python -m simulations.compare " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -47,7 +47,10 @@ class Preset:
     # differs from ``upload_samples``: uploads there are small and the server trains on all
     # it has received, while an activations upload is ~20x larger per image.
     images_upload_samples: int | None = None
-    defenses: tuple[str, ...] = ()  # arm labels run when --defenses is not given (() = all)
+    # Arms run when --defenses is not given (() = all): a label runs in every exchange that
+    # accepts it, an exchange-label name (``images-pix``) in that exchange only.
+    defenses: tuple[str, ...] = ()
+    seeds: int = 1  # seeds run when --seeds is not given, each into DIR/seed-S when more than one
     # The images exchange's ``server-augment``: (without an image defense, with one). The
     # augmentation must commute with the defense, so VisualMixer arms get flips only.
     server_augment: tuple[str, str] = ("none", "none")
@@ -86,4 +89,6 @@ def load_preset(name_or_path: str) -> Preset:
             continue
         if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
             raise ValueError(f"{path}: {name.replace('_', '-')}={value!r} must be {str(field.type)}")
+    if preset.seeds < 1:
+        raise ValueError(f"{path}: seeds={preset.seeds} must be at least 1")
     return preset

@@ -50,9 +50,11 @@ def test_the_standard_preset_runs_the_named_arms_and_uploads_every_image_in_the_
     from simulations.compare import load_preset, run_config, upload_samples
 
     standard = load_preset("standard")
-    arms = [a for a in matrix() if a.label in standard.defenses]
-    assert set(standard.defenses) <= {a.label for a in matrix()}  # no misspelt label drops an arm
-    assert len(arms) == 4 + 5 + 5  # images: none, scope 1/2/0; the others: none, vm, dp 3/8, vm+dp
+    arms = [a for a in matrix() if a.label in standard.defenses or a.name in standard.defenses]
+    # No misspelt label drops an arm.
+    assert set(standard.defenses) <= {a.label for a in matrix()} | {a.name for a in matrix()}
+    # images: none, scope 1/2/0, pixelate, blur, DP-Pix 1/8; the others: none, vm, dp 3/8, vm+dp.
+    assert len(arms) == 8 + 5 + 5 and standard.seeds == 3 and standard.inversion_batches >= 32
     by_name = {a.name: a for a in arms}
     assert upload_samples(by_name["images-none"], standard) == 0
     assert upload_samples(by_name["activations-none"], standard) == standard.upload_samples == 2048
@@ -242,3 +244,18 @@ def test_a_preset_is_a_toml_file_a_user_can_copy_and_edit(tmp_path):
             load_preset(str(bad))
     with pytest.raises(ValueError, match="--preset 'fast' is not one of: full, quick, standard"):
         load_preset("fast")
+
+
+def test_a_preset_runs_at_least_one_seed_and_names_arms_by_label_or_by_exchange(tmp_path):
+    from simulations.compare import load_preset
+
+    text = (ROOT / "simulations" / "presets" / "quick.toml").read_text()
+    (tmp_path / "none.toml").write_text(text + "seeds = 0\n")
+    with pytest.raises(ValueError, match="seeds=0 must be at least 1"):
+        load_preset(str(tmp_path / "none.toml"))
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.compare", "--out", str(tmp_path), "--defenses", "images-pixelate"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2 and "--defenses images-pixelate unknown" in result.stderr
+    assert "images-pix" in result.stderr

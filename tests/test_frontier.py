@@ -90,9 +90,9 @@ def test_a_folder_that_is_not_a_compare_output_is_refused(tmp_path):
 
 
 def test_compare_refuses_fewer_than_one_seed(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "simulations.compare", "--out", str(tmp_path), "--seeds", "0"],
+    result = subprocess.run([sys.executable, "-m", "simulations.compare", "--out", str(tmp_path), "--seeds", "-1"],
                             cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 2 and "--seeds 0: at least 1" in result.stderr
+    assert result.returncode == 2 and "--seeds -1: at least 1" in result.stderr
 
 
 @pytest.mark.slow
