@@ -25,7 +25,8 @@ come from the test split. Central training (one model, no federation).
 Files in ``--out`` (a rerun trains only what is missing): ``runs.jsonl`` (one line per run:
 ``phase`` ``tune`` on validation or ``test``), ``summary.jsonl`` (per arm and budget: mean
 and sample standard deviation of test accuracy over seeds, and the DP choice), and
-``curves.png``.
+``curves.png``. ``--export DIR`` writes the training and test images as an ImageFolder tree,
+so that a ``flwr run`` of the app can confirm a point.
 """
 
 from __future__ import annotations
@@ -297,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, default=0, help="at most this many trained on (0: the rest)")
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--export", type=Path, default=None,
+                        help="write the training and test images as an ImageFolder tree here and stop (a `flwr run` "
+                        "of the app on `dataset='folder'` then trains on exactly them)")
     args = parser.parse_args(argv)
     epochs = numbers(args.epochs, float, "--epochs")
     epsilons = numbers(args.epsilons, float, "--epsilons")
@@ -314,6 +318,15 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--arms: unknown arm {unknown[0]!r} (known: {', '.join(known)})")
         chosen = [known[x] for x in labels]
     splits = load_splits(args)
+    if args.export:
+        from simulations.compare_data import write_folder
+
+        if args.export.exists() and any(args.export.iterdir()):
+            parser.error(f"--export {str(args.export)!r} is not empty")
+        write_folder(splits.train_set, args.export / "train")
+        write_folder(splits.test_set, args.export / "test")
+        print(f"[budget_curves] {len(splits.train_set)} training and {len(splits.test_set)} test images: {args.export}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     setup = {"dataset": args.dataset, "image_size": args.image_size, "public": args.public,
              "validation": args.validation, "train_images": len(splits.train), "test_images": len(splits.test_set),

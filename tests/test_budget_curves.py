@@ -108,3 +108,24 @@ def test_the_comparison_image_defenses_are_arms_that_transform_every_batch(tmp_p
     assert summary == {"none", "pix"}
     with pytest.raises(SystemExit):
         bc.main(["--out", str(tmp_path), "--arms", "pixelate"])
+
+
+def test_export_writes_the_very_images_a_point_trains_and_is_tested_on(tmp_path):
+    argv = ["--out", str(tmp_path / "out"), "--public", "100", "--validation", "100", "--train-images", "200",
+            "--test-images", "200"]
+    bc.main([*argv, "--export", str(tmp_path / "split")])
+    exported = load_dataset("folder", "train", str(tmp_path / "split"))
+    test = load_dataset("folder", "test", str(tmp_path / "split"))
+    assert len(exported) == 200 and len(test) == 200 and not (tmp_path / "out").exists()
+    splits = bc.load_splits(bc_args(argv))
+    order = torch.argsort(splits.train_set.labels, stable=True)  # the folder is sorted by class
+    assert torch.equal(exported.images, splits.train_set.images[order])
+    with pytest.raises(SystemExit):  # never into a folder that holds something
+        bc.main([*argv, "--export", str(tmp_path / "split")])
+
+
+def bc_args(argv: list[str]):
+    import argparse
+
+    return argparse.Namespace(dataset="shapes", data_dir=None, image_size=32, public=100, validation=100,
+                              train_images=200, test_images=200, data_seed=0)
