@@ -63,14 +63,18 @@ class Arm:
     transform: str | None = None  # another image defense: its label in the comparison's images arms
 
 
+def _image_defense_arms(image_size: int) -> dict:
+    """The comparison's images-exchange arms with an image defense, by label."""
+    from simulations.compare_arms import matrix
+
+    return {a.label: a for a in matrix(image_size) if a.exchange == "images" and a.defense != "none"}
+
+
 def transform_arms(image_size: int) -> dict[str, Arm]:
     """The comparison's image defenses at their swept settings (``pix``, ``dppix-eps8``,
     ``vm-vfe0.8+scope0``, ...), each training the small CNN on its transformed images; the
     labels of the default arms stay theirs."""
-    from simulations.compare_arms import matrix
-
-    return {a.label: Arm(a.label, "small-cnn", transform=a.label) for a in matrix(image_size)
-            if a.exchange == "images" and a.defense != "none"}
+    return {label: Arm(label, "small-cnn", transform=label) for label in _image_defense_arms(image_size)}
 
 
 def image_transform(arm: Arm, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -78,9 +82,7 @@ def image_transform(arm: Arm, image_size: int) -> Callable[[torch.Tensor], torch
     if arm.target_vfe is not None:
         return VisualMixer(arm.target_vfe, region_size=default_region_size(image_size))
     if arm.transform is not None:
-        from simulations.compare_arms import matrix
-
-        return next(a for a in matrix(image_size) if a.exchange == "images" and a.label == arm.transform).transform(None)
+        return _image_defense_arms(image_size)[arm.transform].transform(None)
     return None
 
 

@@ -45,7 +45,7 @@ def read_seeds(directory: Path) -> list[list[dict]]:
     files = sorted(directory.glob("seed-*/results.csv")) or [directory / "results.csv"]
     if not files[0].exists():
         raise SystemExit(f"{str(directory)!r}: no results.csv and no seed-*/results.csv (not a compare output)")
-    return [list(csv.DictReader(f.open())) for f in files]
+    return [list(csv.DictReader(f.read_text().splitlines())) for f in files]
 
 
 def summarise(seeds: Sequence[Sequence[dict]]) -> list[dict]:
